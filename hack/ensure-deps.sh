@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what a fresh machine lacks for `make test` and `make demo`: Debian packages
+# (openssl for the local PKI, prometheus for analysis) and checks the toolchains.
+# Everything else is built from Go modules or crates by the other scripts.
+set -euo pipefail
+missing=()
+command -v openssl >/dev/null || missing+=(openssl)
+command -v setsid >/dev/null || missing+=(util-linux)
+command -v prometheus >/dev/null || missing+=(prometheus)
+command -v curl >/dev/null || missing+=(curl)
+if ((${#missing[@]})); then
+  echo "[deps] installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  # Debian's prometheus package starts a system service; we run our own, so stop it again.
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if command -v systemctl >/dev/null; then systemctl disable --now prometheus 2>/dev/null || true; fi
+  pkill -x prometheus 2>/dev/null || true
+fi
+for tool in go cargo python3; do
+  command -v "$tool" >/dev/null || { echo "[deps] $tool is required but not installed" >&2; exit 1; }
+done
+cargo fmt --version >/dev/null && cargo clippy --version >/dev/null

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# `make test`: everything from a fresh machine to a verdict. Installs what is missing, builds
+# the tools (cached), checks formatting, lints and generated files, starts a local cluster
+# unless one is running, runs every test, and stops what it started.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+t0=$SECONDS
+step() { printf '\n== %s (%ss)\n' "$*" "$((SECONDS - t0))" >&2; }
+
+step "dependencies"
+hack/ensure-deps.sh
+step "tools from Go modules"
+hack/build-tools.sh
+PATH=$(hack/build-tools.sh --print):$PATH
+export PATH
+
+step "format and lint"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+step "generated files"
+hack/verify-generated.sh
+
+started=0
+cleanup() { if ((started)); then step "stopping the cluster"; hack/cluster.sh down; fi; }
+trap cleanup EXIT
+if ! hack/cluster.sh status; then
+  step "starting the local cluster"
+  hack/cluster.sh up
+  started=1
+fi
+export KUBECONFIG=$root/.dev/kubeconfig
+
+step "tests"
+cargo test --workspace --locked -- --test-threads "${TEST_THREADS:-4}"
+step "done"

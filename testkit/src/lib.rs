@@ -1,0 +1,226 @@
+//! End-to-end test harness for the local cluster (`make cluster-up`).
+//!
+//! Every end-to-end test starts with [`TestEnv::start`]: it connects through
+//! `KUBECONFIG` or the repository's `.dev/kubeconfig`, creates a namespace of its own and
+//! deletes it when the test ends. When no cluster answers, the test fails with a message
+//! saying how to start one if `CI` is set, and is skipped with that message otherwise.
+
+use std::{
+    fmt::Debug,
+    path::PathBuf,
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{
+    Api, Client, Config, Resource,
+    api::{DeleteParams, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+};
+use serde::de::DeserializeOwned;
+
+/// The repository root (this crate lives one level below it).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("testkit has a parent").to_path_buf()
+}
+
+/// The kubeconfig the tests use: `KUBECONFIG` when set, else `.dev/kubeconfig`.
+pub fn kubeconfig_path() -> PathBuf {
+    std::env::var_os("KUBECONFIG").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".dev/kubeconfig"))
+}
+
+const HOW_TO_START: &str = "no local cluster is reachable: start one with `make cluster-up` \
+     (or run everything with `make test`)";
+
+/// One test's view of the cluster: a client and a namespace that is deleted on drop.
+pub struct TestEnv {
+    pub client: Client,
+    pub namespace: String,
+    config: Config,
+}
+
+impl TestEnv {
+    /// Connects and creates a fresh namespace named after the test. Returns `None` (the
+    /// test should return early: skipped) when no cluster is reachable outside CI; panics
+    /// with instructions in CI.
+    pub async fn start(test_name: &str) -> Option<TestEnv> {
+        let config = match connect_config().await {
+            Ok(c) => c,
+            Err(why) => {
+                if std::env::var_os("CI").is_some() {
+                    panic!("{HOW_TO_START} ({why})");
+                }
+                eprintln!("SKIPPED {test_name}: {HOW_TO_START} ({why})");
+                return None;
+            }
+        };
+        let client = Client::try_from(config.clone()).expect("client from a valid config");
+        let namespace = unique_name(test_name);
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": namespace, "labels": {"mlops.dev/e2e": "true"}}
+        }))
+        .expect("namespace object");
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap_or_else(|e| panic!("creating test namespace {namespace}: {e}"));
+        // Pods need the namespace's default ServiceAccount, which the controller-manager adds.
+        let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), &namespace);
+        wait_until(Duration::from_secs(30), "the default ServiceAccount", || async {
+            sa.get_opt("default").await.ok().flatten().map(|_| ())
+        })
+        .await;
+        Some(TestEnv { client, namespace, config })
+    }
+
+    /// A namespaced API in the test's namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// Runs kubectl against the test cluster (in the test's namespace unless `-n` is given).
+    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        kubectl_in(Some(&self.namespace), args, stdin)
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        // Drop cannot await, and the test's runtime may be shutting down: delete from a
+        // thread with a runtime and a client of its own. Tests never wait for the namespace
+        // to finish terminating; the namespace controller does that.
+        let config = self.config.clone();
+        let ns = self.namespace.clone();
+        let done = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async move {
+                let client = Client::try_from(config)?;
+                Api::<Namespace>::all(client).delete(&ns, &DeleteParams::background()).await?;
+                anyhow::Ok(())
+            })
+        });
+        if let Ok(Err(e)) = done.join() {
+            eprintln!("warning: deleting test namespace {}: {e}", self.namespace);
+        }
+    }
+}
+
+async fn connect_config() -> anyhow::Result<Config> {
+    let path = kubeconfig_path();
+    let kc = Kubeconfig::read_from(&path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    let client = Client::try_from(config.clone())?;
+    tokio::time::timeout(Duration::from_secs(5), client.apiserver_version())
+        .await
+        .map_err(|_| anyhow::anyhow!("API server at {} did not answer in 5 s", config.cluster_url))??;
+    Ok(config)
+}
+
+/// A DNS-1123 name from the test name plus a short random suffix.
+pub fn unique_name(prefix: &str) -> String {
+    let clean: String =
+        prefix.to_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    let clean = clean.trim_matches('-');
+    let clean = &clean[..clean.len().min(40)];
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() ^ std::process::id())
+        .unwrap_or(0);
+    format!("{}-{:06x}", clean.trim_end_matches('-'), nanos & 0xff_ffff)
+}
+
+/// Polls `probe` every 200 ms until it returns `Some`, and panics naming `what` after
+/// `timeout`.
+pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until object `name` satisfies `pred`; on timeout the panic message names what was
+/// awaited and shows the object's last observed state.
+pub async fn wait_for<K, P>(api: &Api<K>, name: &str, timeout: Duration, what: &str, pred: P) -> K
+where
+    K: Clone + DeserializeOwned + Debug + serde::Serialize,
+    P: Fn(&K) -> bool,
+{
+    let start = Instant::now();
+    let mut last: Option<K> = None;
+    loop {
+        match api.get_opt(name).await {
+            Ok(Some(obj)) if pred(&obj) => return obj,
+            Ok(obj) => last = obj,
+            Err(e) => eprintln!("wait_for {name}: {e}"),
+        }
+        if start.elapsed() > timeout {
+            let shown = last.map(|o| serde_yaml_like(&o)).unwrap_or_else(|| "<object not found>".into());
+            panic!("timed out after {timeout:?} waiting for {name}: {what}\nlast seen:\n{shown}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until the object's `status.conditions` has `type` with `status`.
+pub async fn wait_condition<K>(api: &Api<K>, name: &str, type_: &str, status: &str, timeout: Duration) -> K
+where
+    K: Clone + DeserializeOwned + Debug + serde::Serialize,
+{
+    let what = format!("condition {type_}={status}");
+    wait_for(api, name, timeout, &what, |o| condition_status(o, type_).as_deref() == Some(status)).await
+}
+
+/// The status of condition `type_` in any object's `status.conditions`.
+pub fn condition_status<K: serde::Serialize>(obj: &K, type_: &str) -> Option<String> {
+    let v = serde_json::to_value(obj).ok()?;
+    v.pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c.get("type").and_then(|t| t.as_str()) == Some(type_))
+        .and_then(|c| c.get("status")?.as_str().map(str::to_owned))
+}
+
+fn serde_yaml_like<K: serde::Serialize>(obj: &K) -> String {
+    let mut v = serde_json::to_value(obj).unwrap_or_default();
+    if let Some(m) = v.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        m.remove("managedFields");
+    }
+    serde_json::to_string_pretty(&v).unwrap_or_default()
+}
+
+/// Runs kubectl with the test kubeconfig; `namespace` is passed as `-n` when given.
+pub fn kubectl_in(namespace: Option<&str>, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new("kubectl");
+    cmd.arg("--kubeconfig").arg(kubeconfig_path());
+    if let Some(ns) = namespace {
+        cmd.args(["-n", ns]);
+    }
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    let mut child = cmd.spawn().expect("kubectl is installed and on PATH");
+    if let Some(input) = stdin {
+        use std::io::Write;
+        child.stdin.take().expect("piped stdin").write_all(input.as_bytes()).expect("write stdin");
+    }
+    child.wait_with_output().expect("kubectl ran")
+}
+
+/// Stdout and stderr of a finished command, for assertion messages.
+pub fn output_text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
