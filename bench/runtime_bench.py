@@ -1,0 +1,196 @@
+"""Drives bench/runtime.sh: trains both models, starts each server in turn,
+measures start-to-ready, loads it with wrk, and prints a side-by-side table.
+
+Fairness: each server is pinned to CPU 0 and wrk to CPU 1 (taskset), so the
+load generator never competes with the server; both get one request shape
+(one iris row, FP64 [1, 4]) on a keep-alive HTTP/1.1 connection per client.
+wrk is closed-loop: each connection sends its next request when the previous
+answer arrives, so `concurrency` = connections in flight.
+"""
+
+import argparse
+import csv
+import json
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+LEVELS = (1, 16, 64)
+ROW = [5.9, 3.0, 5.1, 1.8]
+
+LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '%s'
+done = function(summary, latency, requests)
+  local errors = summary.errors.connect + summary.errors.read + summary.errors.write
+               + summary.errors.timeout + summary.errors.status
+  io.write(string.format("RESULT %%f %%f %%f %%d\\n",
+    summary.requests / (summary.duration / 1e6),
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000, errors))
+end
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_status(url):
+    try:
+        with urllib.request.urlopen(url, timeout=1) as r:
+            return r.status
+    except Exception:
+        return 0
+
+
+def tree_rss_mib(pid):
+    """Resident memory of a process and all its descendants (MLServer forks workers)."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+            children = pathlib.Path(f"/proc/{p}/task/{p}/children").read_text().split()
+            todo.extend(int(c) for c in children)
+        except OSError:
+            pass
+    return total / 1024
+
+
+def wrk(url, lua, connections, duration):
+    threads = 1 if connections == 1 else 2
+    out = subprocess.run(
+        ["taskset", "-c", "1", "wrk", "-t", str(threads), "-c", str(connections),
+         "-d", f"{duration}s", "--latency", "-s", lua, url],
+        capture_output=True, text=True, check=True).stdout
+    line = next(l for l in out.splitlines() if l.startswith("RESULT "))
+    rps, p50, p99, errors = line.split()[1:]
+    return float(rps), float(p50), float(p99), int(errors)
+
+
+def measure(name, cmd, env, ready_url, infer_url, body, duration, workdir):
+    lua = workdir / f"{name}.lua"
+    lua.write_text(LUA % body)
+    log = open(workdir / f"{name}.log", "w")
+    start = time.monotonic()
+    proc = subprocess.Popen(["taskset", "-c", "0", *cmd], env=env, cwd=workdir,
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        while http_status(ready_url) != 200:
+            if proc.poll() is not None:
+                sys.exit(f"{name} exited early; see {workdir / (name + '.log')}")
+            if time.monotonic() - start > 120:
+                sys.exit(f"{name} not ready after 120 s")
+            time.sleep(0.01)
+        ready = time.monotonic() - start
+        # Check the answer is a real prediction before timing anything.
+        req = urllib.request.Request(infer_url, data=body.encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            answer = json.loads(r.read())
+        wrk(infer_url, lua, 16, 2)  # warm-up
+        rows = []
+        for c in LEVELS:
+            rps, p50, p99, errors = wrk(infer_url, lua, c, duration)
+            rows.append({"c": c, "rps": rps, "p50": p50, "p99": p99, "errors": errors,
+                         "rss": tree_rss_mib(proc.pid)})
+        return {"ready": ready, "rows": rows, "answer": answer["outputs"][0]["data"]}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def train_sklearn(dataset, workdir, port, version):
+    import joblib
+    from sklearn.linear_model import LogisticRegression
+
+    with open(dataset) as f:
+        rows = list(csv.DictReader(f))
+    features = [k for k in rows[0] if k != "species"]
+    x = [[float(r[k]) for k in features] for r in rows]
+    y = [r["species"] for r in rows]
+    model = LogisticRegression(max_iter=1000).fit(x, y)
+    joblib.dump(model, workdir / "model.joblib")
+    (workdir / "model-settings.json").write_text(json.dumps({
+        "name": "iris", "implementation": "mlserver_sklearn.SKLearnModel",
+        "parameters": {"uri": "./model.joblib", "version": version}}))
+    # parallel_workers 0: inference in the server process. MLServer's default
+    # (one worker process) adds an IPC hop per request, and with the uvloop
+    # that pip resolves today its workers die at start ("There is no current
+    # event loop"); in-process is also MLServer's fastest setting for a model
+    # this small, so the comparison is the kind one.
+    (workdir / "settings.json").write_text(json.dumps({
+        "host": "127.0.0.1", "http_port": port, "grpc_port": free_port(),
+        "metrics_port": free_port(), "parallel_workers": 0}))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runtime", required=True)
+    ap.add_argument("--mlserver", required=True)
+    ap.add_argument("--dataset", required=True)
+    ap.add_argument("--duration", type=int, default=10)
+    args = ap.parse_args()
+
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="mlops-bench-"))
+    body = json.dumps({"inputs": [{"name": "input-0", "shape": [1, 4],
+                                   "datatype": "FP64", "data": ROW}]})
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("MLOPS_")}
+
+    # Ours: train with the runtime itself (same CSV, logistic regression).
+    ours_dir = workdir / "ours"
+    ours_dir.mkdir()
+    subprocess.run([args.runtime, "train"], check=True, stdout=subprocess.DEVNULL, env={
+        **base_env, "MLOPS_MODEL_NAME": "iris", "MLOPS_DATASET_URI": args.dataset,
+        "MLOPS_LABEL_COLUMN": "species", "MLOPS_OUTPUT_URI": str(ours_dir),
+        "MLOPS_HYPERPARAMETERS": '{"algorithm":"logistic_regression"}',
+        "MLOPS_TERMINATION_MESSAGE_PATH": str(ours_dir / "result.json")})
+    port = free_port()
+    ours = measure("mlops-runtime", [args.runtime, "serve"], {
+        **base_env, "MLOPS_MODEL_URI": str(ours_dir / "model.json"),
+        "MLOPS_MODEL_NAME": "iris", "MLOPS_MODEL_VERSION": "v1",
+        "MLOPS_HTTP_HOST": "127.0.0.1", "MLOPS_HTTP_PORT": str(port), "MLOPS_LOG": "warn"},
+        f"http://127.0.0.1:{port}/v2/health/ready",
+        f"http://127.0.0.1:{port}/v2/models/iris/infer", body, args.duration, ours_dir)
+
+    theirs_dir = workdir / "mlserver"
+    theirs_dir.mkdir()
+    port = free_port()
+    train_sklearn(args.dataset, theirs_dir, port, "v1")
+    theirs = measure("mlserver", [args.mlserver, "start", "."], base_env,
+                     f"http://127.0.0.1:{port}/v2/health/ready",
+                     f"http://127.0.0.1:{port}/v2/models/iris/infer", body,
+                     args.duration, theirs_dir)
+
+    print(f"\nanswers: mlops-runtime {ours['answer']}, MLServer {theirs['answer']}")
+    print(f"start to ready: mlops-runtime {ours['ready']:.3f} s, MLServer {theirs['ready']:.2f} s "
+          f"({theirs['ready'] / ours['ready']:.0f}x)\n")
+    print("| concurrency | server | req/s | p50 ms | p99 ms | RSS MiB | errors |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+    for o, t in zip(ours["rows"], theirs["rows"]):
+        for name, r in (("mlops-runtime", o), ("MLServer", t)):
+            print(f"| {r['c']} | {name} | {r['rps']:,.0f} | {r['p50']:.3f} | {r['p99']:.3f} "
+                  f"| {r['rss']:.1f} | {r['errors']} |")
+        print(f"| {o['c']} | **ratio** | **{o['rps'] / t['rps']:.1f}x** | "
+              f"{o['p50'] / t['p50']:.3f}x | **{o['p99'] / t['p99']:.3f}x** | "
+              f"{o['rss'] / t['rss']:.3f}x | |")
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,332 @@
+//! HTTP routes: Open Inference Protocol v2 REST plus `/metrics`.
+//!
+//! Every error is JSON `{"error": "..."}`; a malformed request is a 4xx that
+//! names the bad field, never a 5xx (500 comes only from fault injection).
+
+use super::protocol::{self, PREDICT_OUTPUT, PROBA_OUTPUT, push_json_f64, push_json_str};
+use super::{AppState, Served};
+use crate::model::Prediction;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Instant;
+
+type AppRef = Arc<AppState>;
+
+pub fn router(state: AppRef) -> Router {
+    let limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2", get(server_metadata))
+        .route("/v2/models/{name}", get(model_metadata))
+        .route("/v2/models/{name}/versions/{version}", get(model_metadata_version))
+        .route("/v2/models/{name}/ready", get(model_ready))
+        .route("/v2/models/{name}/versions/{version}/ready", get(model_ready_version))
+        .route("/v2/models/{name}/infer", post(infer))
+        .route("/v2/models/{name}/versions/{version}/infer", post(infer_version))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+fn json(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    json(status, serde_json::json!({ "error": message }).to_string())
+}
+
+/// An error answer not yet rendered (small, so `Result`s stay cheap).
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError { status, message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        error(self.status, &self.message)
+    }
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "no such route")
+}
+
+async fn method_not_allowed() -> Response {
+    error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route")
+}
+
+async fn live() -> Response {
+    json(StatusCode::OK, r#"{"live":true}"#.into())
+}
+
+async fn ready(State(s): State<AppRef>) -> Response {
+    if s.ready() {
+        json(StatusCode::OK, r#"{"ready":true}"#.into())
+    } else {
+        json(StatusCode::SERVICE_UNAVAILABLE, r#"{"ready":false}"#.into())
+    }
+}
+
+async fn server_metadata() -> Response {
+    json(
+        StatusCode::OK,
+        serde_json::json!({
+            "name": "mlops-runtime",
+            "version": env!("CARGO_PKG_VERSION"),
+            "extensions": [],
+        })
+        .to_string(),
+    )
+}
+
+/// The served model when `name` (and `version`, if given) match it.
+fn lookup<'a>(s: &'a AppState, name: &str, version: Option<&str>) -> Result<&'a Served, ApiError> {
+    let served = s
+        .served
+        .get()
+        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the model is not loaded yet"))?;
+    if served.name != name {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("model {name:?} is not served here (this server serves {:?})", served.name),
+        ));
+    }
+    if let Some(v) = version
+        && v != served.version
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "version {v:?} of model {name:?} is not served here (this server serves {:?})",
+                served.version
+            ),
+        ));
+    }
+    Ok(served)
+}
+
+fn metadata(s: &AppState, name: &str, version: Option<&str>) -> Response {
+    let served = match lookup(s, name, version) {
+        Ok(m) => m,
+        Err(e) => return e.into_response(),
+    };
+    let card = &served.model.card;
+    let output = if served.regression {
+        serde_json::json!([{ "name": PREDICT_OUTPUT, "datatype": "FP64", "shape": [-1] }])
+    } else {
+        serde_json::json!([
+            { "name": PREDICT_OUTPUT, "datatype": "BYTES", "shape": [-1] },
+            { "name": PROBA_OUTPUT, "datatype": "FP64", "shape": [-1, card.classes.len()] },
+        ])
+    };
+    json(
+        StatusCode::OK,
+        serde_json::json!({
+            "name": served.name,
+            "versions": [served.version],
+            "platform": "mlops-runtime",
+            "inputs": [{ "name": "input-0", "datatype": "FP64", "shape": [-1, card.features.len()] }],
+            "outputs": output,
+            "parameters": {
+                "algorithm": card.algorithm,
+                "features": card.features,
+                "classes": card.classes,
+                "label": card.label,
+            },
+        })
+        .to_string(),
+    )
+}
+
+async fn model_metadata(State(s): State<AppRef>, Path(name): Path<String>) -> Response {
+    metadata(&s, &name, None)
+}
+
+async fn model_metadata_version(
+    State(s): State<AppRef>,
+    Path((name, version)): Path<(String, String)>,
+) -> Response {
+    metadata(&s, &name, Some(&version))
+}
+
+fn model_readiness(s: &AppState, name: &str, version: Option<&str>) -> Response {
+    match lookup(s, name, version) {
+        Ok(served) if s.ready() => {
+            json(StatusCode::OK, serde_json::json!({ "name": served.name, "ready": true }).to_string())
+        }
+        Ok(served) => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "name": served.name, "ready": false }).to_string(),
+        ),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn model_ready(State(s): State<AppRef>, Path(name): Path<String>) -> Response {
+    model_readiness(&s, &name, None)
+}
+
+async fn model_ready_version(
+    State(s): State<AppRef>,
+    Path((name, version)): Path<(String, String)>,
+) -> Response {
+    model_readiness(&s, &name, Some(&version))
+}
+
+async fn metrics(State(s): State<AppRef>) -> Response {
+    let body = match s.served.get() {
+        Some(served) => served.metrics.render(&served.model.card.features),
+        None => "# the model is not loaded yet\n".into(),
+    };
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+async fn infer(
+    State(s): State<AppRef>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    infer_counted(&s, &name, None, body).await
+}
+
+async fn infer_version(
+    State(s): State<AppRef>,
+    Path((name, version)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    infer_counted(&s, &name, Some(&version), body).await
+}
+
+/// Runs one inference and records its status and latency.
+async fn infer_counted(
+    s: &AppState,
+    name: &str,
+    version: Option<&str>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let faults = &s.config.faults;
+    if !faults.latency.is_zero() {
+        tokio::time::sleep(faults.latency).await;
+    }
+    let served = match lookup(s, name, version) {
+        Ok(m) => m,
+        Err(e) => {
+            if let Some(served) = s.served.get() {
+                served.metrics.observe_request(e.status.as_u16(), started.elapsed().as_secs_f64());
+            }
+            return e.into_response();
+        }
+    };
+    let response = match predict(s, served, body) {
+        Ok(body) => json(StatusCode::OK, body),
+        Err(e) => e.into_response(),
+    };
+    served.metrics.observe_request(response.status().as_u16(), started.elapsed().as_secs_f64());
+    response
+}
+
+/// Decodes, predicts and encodes; the `Err` side is an error response.
+fn predict(s: &AppState, served: &Served, body: Result<Bytes, BytesRejection>) -> Result<String, ApiError> {
+    let body = body.map_err(|rejection| {
+        let status = rejection.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(status, format!("body: request larger than {} bytes", s.config.max_body_bytes))
+        } else {
+            ApiError::new(status, format!("body: {}", rejection.body_text()))
+        }
+    })?;
+    let bad = |e: protocol::BadRequest| ApiError::new(StatusCode::BAD_REQUEST, e.to_string());
+    let request = protocol::parse(&body).map_err(bad)?;
+    let card = &served.model.card;
+    let batch = protocol::decode(request, &card.features, served.regression).map_err(bad)?;
+    if s.config.faults.inject_error() {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "injected fault (MLOPS_FAULT_ERROR_RATE, test-only)",
+        ));
+    }
+
+    let f = card.features.len();
+    let predictor = &served.model.predictor;
+    let metrics = &served.metrics;
+    metrics.observe_inputs(&batch.x, f);
+
+    let mut out = String::with_capacity(96 + batch.rows * 16);
+    out.push('{');
+    out.push_str(&served.response_head);
+    if let Some(id) = &batch.id {
+        out.push_str(",\"id\":");
+        push_json_str(&mut out, id);
+    }
+    out.push_str(",\"outputs\":[");
+    if batch.outputs.predict {
+        let datatype = if served.regression { "FP64" } else { "BYTES" };
+        let _ = write!(
+            out,
+            "{{\"name\":\"{PREDICT_OUTPUT}\",\"datatype\":\"{datatype}\",\"shape\":[{}],\"data\":[",
+            batch.rows
+        );
+        for (i, row) in batch.x.chunks_exact(f).enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            match predictor.predict(row) {
+                Prediction::Class(c) => {
+                    out.push_str(&served.class_json[c]);
+                    metrics.observe_class(c);
+                }
+                Prediction::Value(v) => push_json_f64(&mut out, v),
+            }
+        }
+        out.push_str("]}");
+    }
+    if batch.outputs.probabilities {
+        let k = predictor.n_outputs();
+        if batch.outputs.predict {
+            out.push(',');
+        }
+        let _ = write!(
+            out,
+            "{{\"name\":\"{PROBA_OUTPUT}\",\"datatype\":\"FP64\",\"shape\":[{},{k}],\"data\":[",
+            batch.rows
+        );
+        let mut probs = vec![0.0; k];
+        for (i, row) in batch.x.chunks_exact(f).enumerate() {
+            predictor.probabilities(row, &mut probs);
+            if !batch.outputs.predict
+                && let Prediction::Class(c) = predictor.predict(row)
+            {
+                // Counted whatever the output format, so the class mix is complete.
+                metrics.observe_class(c);
+            }
+            for (j, p) in probs.iter().enumerate() {
+                if i + j > 0 {
+                    out.push(',');
+                }
+                push_json_f64(&mut out, *p);
+            }
+        }
+        out.push_str("]}");
+    }
+    out.push_str("]}");
+    metrics.observe_rows(batch.rows as u64);
+    Ok(out)
+}

@@ -1,0 +1,196 @@
+//! The `serve` command: load an artifact, answer Open Inference Protocol v2
+//! requests, export metrics, drain on SIGTERM.
+//!
+//! Start-up order: bind, serve liveness at once, load the model in the
+//! background, report ready only when it is loaded. A model that cannot be
+//! loaded (or `MLOPS_FAULT_CRASH_ON_LOAD`) ends the process non-zero, so the
+//! pod restarts and the operator's health checks see it.
+
+pub mod fault;
+pub mod http;
+pub mod metrics;
+pub mod protocol;
+
+use crate::artifact::{Artifact, LoadedModel};
+use fault::Faults;
+use metrics::ServerMetrics;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+#[derive(Debug)]
+pub struct ServeConfig {
+    /// Name in the protocol and metrics; defaults to the model card's name.
+    pub model_name: Option<String>,
+    /// Version in the protocol and metrics; defaults to the card's run id.
+    pub model_version: Option<String>,
+    pub model_uri: String,
+    pub model_digest: Option<String>,
+    pub max_body_bytes: usize,
+    pub drift_window: usize,
+    pub drift_min_rows: usize,
+    /// Longest wait for in-flight requests after SIGTERM.
+    pub drain: Duration,
+    pub faults: Faults,
+}
+
+/// Listen address: `POD_IP` when set (the pod's own address), else all
+/// interfaces, so the kubelet's probes and the Service both reach it.
+pub fn listen_address(pod_ip: Option<&str>, port: u16) -> Result<SocketAddr, String> {
+    let ip = match pod_ip.map(str::trim).filter(|s| !s.is_empty()) {
+        Some(ip) => ip.parse::<IpAddr>().map_err(|_| format!("POD_IP {ip:?} is not an IP address"))?,
+        None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    };
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// A loaded model with everything the hot path needs precomputed.
+pub struct Served {
+    pub name: String,
+    pub version: String,
+    pub model: LoadedModel,
+    pub metrics: ServerMetrics,
+    /// Class names as JSON string literals, ready to copy into responses.
+    pub class_json: Vec<String>,
+    /// `"model_name":…,"model_version":…` prefix of every infer response.
+    pub response_head: String,
+    pub regression: bool,
+}
+
+pub struct AppState {
+    pub config: ServeConfig,
+    pub served: OnceLock<Served>,
+    pub draining: AtomicBool,
+}
+
+impl AppState {
+    pub fn new(config: ServeConfig) -> Arc<AppState> {
+        Arc::new(AppState { config, served: OnceLock::new(), draining: AtomicBool::new(false) })
+    }
+
+    pub fn ready(&self) -> bool {
+        self.served.get().is_some() && !self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// Reads, verifies and compiles the artifact (blocking I/O).
+pub fn load(config: &ServeConfig) -> Result<Served, String> {
+    if config.faults.crash_on_load {
+        return Err("MLOPS_FAULT_CRASH_ON_LOAD is set: refusing to load (test-only fault)".into());
+    }
+    let bytes = crate::storage::read(&config.model_uri).map_err(|e| e.to_string())?;
+    let digest = crate::sha256_digest(&bytes);
+    if let Some(pin) = config.model_digest.as_deref().filter(|p| !p.is_empty())
+        && !crate::digest_matches(pin, &digest)
+    {
+        return Err(format!("artifact digest {digest} does not match MLOPS_MODEL_DIGEST {pin}"));
+    }
+    let model = Artifact::load(&bytes)?;
+    let name = config.model_name.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| model.card.name.clone());
+    let version = config
+        .model_version
+        .clone()
+        .filter(|v| !v.is_empty())
+        .or_else(|| model.card.run_id.clone())
+        .unwrap_or_else(|| "1".into());
+    let metrics =
+        ServerMetrics::new(&model, &name, &version, &digest, config.drift_window, config.drift_min_rows);
+    let json = |s: &str| serde_json::to_string(s).expect("strings serialise");
+    Ok(Served {
+        class_json: model.card.classes.iter().map(|c| json(c)).collect(),
+        response_head: format!("\"model_name\":{},\"model_version\":{}", json(&name), json(&version)),
+        regression: model.card.task == "regression",
+        name,
+        version,
+        model,
+        metrics,
+    })
+}
+
+/// Serves on `listener` until `shutdown` resolves, then drains in-flight
+/// requests for at most `config.drain`. Fails if the model cannot be loaded.
+pub async fn run(
+    state: Arc<AppState>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let app = http::router(state.clone());
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal_state = state.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        signal_state.draining.store(true, Ordering::Relaxed);
+        tracing::info!("shutdown requested: draining in-flight requests");
+        let _ = drain_tx.send(());
+    });
+    let drain = state.config.drain;
+    let server = async move {
+        tokio::select! {
+            r = server => r.map_err(|e| format!("server: {e}")),
+            _ = async { if drain_rx.await.is_ok() { tokio::time::sleep(drain).await } else { std::future::pending::<()>().await } } => {
+                tracing::warn!(seconds = drain.as_secs_f64(), "drain deadline passed; closing open connections");
+                Ok(())
+            }
+        }
+    };
+    tokio::pin!(server);
+
+    let load_state = state.clone();
+    let mut loader = tokio::task::spawn_blocking(move || {
+        let served = load(&load_state.config)?;
+        tracing::info!(
+            model = %served.name,
+            version = %served.version,
+            algorithm = %served.model.card.algorithm,
+            "model loaded; ready"
+        );
+        let _ = load_state.served.set(served);
+        Ok::<(), String>(())
+    });
+    tokio::select! {
+        r = &mut server => return r,
+        loaded = &mut loader => match loaded {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("model load failed: {e}")),
+            Err(e) => return Err(format!("model load failed: {e}")),
+        },
+    }
+    server.await
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_address_prefers_pod_ip() {
+        assert_eq!(listen_address(Some("127.0.0.7"), 8080).unwrap(), "127.0.0.7:8080".parse().unwrap());
+        assert_eq!(listen_address(None, 9000).unwrap(), "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(listen_address(Some(""), 1).unwrap(), "0.0.0.0:1".parse().unwrap());
+        assert!(listen_address(Some("pod"), 1).is_err());
+    }
+}
