@@ -15,6 +15,8 @@ hack/build-tools.sh
 PATH=$(hack/build-tools.sh --print):$PATH
 export PATH
 
+step "build (the local node runs target/debug/mlops-runtime for the runtime image)"
+cargo build --workspace --locked
 step "format and lint"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

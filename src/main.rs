@@ -1,1 +1,151 @@
-fn main() {}
+//! mlops-operator: one process that runs every controller of the `mlops.dev` API.
+//!
+//! `run` starts the controllers behind leader election and serves `/metrics`, `/healthz`
+//! and `/readyz`; `crd` prints the CustomResourceDefinitions generated from `api/`.
+
+use mlops_operator::{api, controllers, http, leader, metrics, telemetry};
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::AtomicBool},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tokio::sync::watch;
+use tracing::{error, info};
+
+#[derive(Parser)]
+#[command(
+    name = "mlops-operator",
+    version,
+    about = "Runs the whole life of a machine-learning model on Kubernetes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every controller (behind leader election).
+    Run(RunArgs),
+    /// Print the CustomResourceDefinitions as YAML.
+    Crd,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Address of the /metrics, /healthz and /readyz endpoints.
+    #[arg(long, env = "MLOPS_METRICS_ADDR", default_value = "127.0.0.1:8080")]
+    metrics_addr: SocketAddr,
+    /// Log format.
+    #[arg(long, env = "MLOPS_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: telemetry::LogFormat,
+    /// Namespace of the leader-election Lease (the operator's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// Identity in the Lease; the pod name in a cluster.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "mlops-operator-leader")]
+    lease_name: String,
+    /// Seconds a leader's claim lasts without renewal.
+    #[arg(long, default_value_t = 15)]
+    lease_duration_seconds: u64,
+    /// Seconds between renewals (and between attempts of a standby).
+    #[arg(long, default_value_t = 2)]
+    lease_retry_seconds: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Crd => {
+            print!("{}", api::crds_yaml());
+            Ok(())
+        }
+        Command::Run(args) => run(args).await,
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    telemetry::init(args.log_format);
+    let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
+    let metrics = metrics::Metrics::new();
+    let ready = Arc::new(AtomicBool::new(false));
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("shutdown requested");
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("binding {}", args.metrics_addr))?;
+    info!(addr = %args.metrics_addr, "serving /metrics, /healthz, /readyz");
+    let health = http::Health { metrics: metrics.clone(), ready: ready.clone() };
+    let server = tokio::spawn(http::serve(listener, health, stopped(stop_rx.clone())));
+
+    let identity = args.identity.unwrap_or_else(default_identity);
+    let mut elector = leader::LeaderElector::new(
+        client.clone(),
+        leader::LeaseConfig {
+            namespace: args.namespace.clone(),
+            name: args.lease_name,
+            identity: identity.clone(),
+            lease_duration: Duration::from_secs(args.lease_duration_seconds),
+            retry_period: Duration::from_secs(args.lease_retry_seconds),
+        },
+    );
+    // A standby is healthy and ready: it is doing its job, which is to wait.
+    ready.store(true, std::sync::atomic::Ordering::Relaxed);
+
+    let mut rx = stop_rx.clone();
+    tokio::select! {
+        _ = elector.acquire() => {}
+        _ = rx.wait_for(|s| *s) => {
+            let _ = server.await;
+            return Ok(());
+        }
+    }
+    metrics.leader.set(1);
+
+    let ctx = controllers::Context::new(client, metrics.clone(), identity);
+    let controllers = controllers::run_all(ctx, stop_rx.clone());
+    let outcome = tokio::select! {
+        _ = controllers => Ok(()),
+        _ = elector.hold() => {
+            error!("leadership lost: exiting so that no two replicas reconcile at once");
+            Err(anyhow::anyhow!("leadership lost"))
+        }
+    };
+    metrics.leader.set(0);
+    elector.release().await;
+    server.abort();
+    outcome
+}
+
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "localhost".into());
+    format!("{}-{}", host.trim(), std::process::id())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -224,3 +224,30 @@ pub fn kubectl_in(namespace: Option<&str>, args: &[&str], stdin: Option<&str>) -
 pub fn output_text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
+
+/// Installs (server-side applies) the project's CRDs from `crds/` and waits until they are
+/// established. Idempotent: every test that needs them calls it.
+pub fn install_crds() {
+    let crds = repo_root().join("crds/mlops.dev.yaml");
+    let path = crds.to_string_lossy().to_string();
+    let out = kubectl_in(None, &["apply", "--server-side", "--force-conflicts", "-f", &path], None);
+    assert!(out.status.success(), "installing the CRDs: {}", output_text(&out));
+    let out = kubectl_in(
+        None,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/trainingjobs.mlops.dev",
+            "crd/modelversions.mlops.dev",
+            "crd/inferenceservices.mlops.dev",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "waiting for the CRDs: {}", output_text(&out));
+}
+
+/// The message a fixture expects, from its first line `# expect: <text>`.
+pub fn fixture_expectation(text: &str) -> Option<&str> {
+    text.lines().next()?.strip_prefix("# expect:").map(str::trim)
+}

@@ -1,0 +1,190 @@
+//! The controllers, one module per kind, and what they share: the [`Context`] (client,
+//! Event recorder, metrics), the error type and its retry policy, and the server-side
+//! apply helpers. Each kind's `mod.rs` is the thin I/O shell around pure `desired` and
+//! `status` functions.
+
+pub mod model_version;
+pub mod training_job;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::future::join;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+    },
+};
+use serde::{Serialize, de::DeserializeOwned};
+use tracing::warn;
+
+use crate::{api::FIELD_MANAGER, metrics::Metrics};
+
+/// What every reconcile needs.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    /// Consecutive failed reconciles per object, for exponential backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, metrics: Metrics, instance: String) -> Arc<Context> {
+        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(instance) };
+        Arc::new(Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            failures: Mutex::default(),
+        })
+    }
+
+    fn key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+        format!("{}/{}/{}", K::kind(&()), obj.meta().namespace.as_deref().unwrap_or(""), obj.name_any())
+    }
+
+    /// Called after a successful reconcile: the next failure starts the backoff anew.
+    pub fn reset_failures<K: Resource<DynamicType = ()>>(&self, obj: &K) {
+        self.failures.lock().expect("failures lock").remove(&Self::key(obj));
+    }
+
+    /// The retry policy for a failed reconcile: counted in metrics by a static reason,
+    /// logged, and requeued with a per-object exponential backoff (never a hot loop).
+    pub fn error_action<K: Resource<DynamicType = ()>>(
+        &self,
+        controller: &'static str,
+        obj: &K,
+        err: &Error,
+    ) -> Action {
+        let attempt = {
+            let mut failures = self.failures.lock().expect("failures lock");
+            let n = failures.entry(Self::key(obj)).or_insert(0);
+            *n = n.saturating_add(1);
+            *n - 1
+        };
+        self.metrics.reconcile_failed(controller, err.reason());
+        let delay = backoff(attempt);
+        warn!(controller, object = %Self::key(obj), error = %err, retry_in = ?delay, "reconcile failed");
+        Action::requeue(delay)
+    }
+
+    /// Publishes an Event about `obj`. Events are best effort: a failure is logged, never
+    /// fails the reconcile.
+    pub async fn event<K>(&self, obj: &K, type_: EventType, reason: &str, action: &str, note: String)
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(truncate(note, 1000)),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            warn!(error = %e, reason, "publishing an Event failed");
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("serializing an object: {0}")]
+    Serialize(#[from] serde_json::Error),
+}
+
+impl Error {
+    /// A short static label for the errors metric.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(s)) if s.code == 409 => "conflict",
+            Error::Kube(kube::Error::Api(s)) if s.code == 404 => "not_found",
+            Error::Kube(kube::Error::Api(_)) => "api_error",
+            Error::Kube(_) => "transport",
+            Error::Serialize(_) => "serialize",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Transient errors retry with a growing delay per object; spec errors never come here
+/// (they become a `Stalled` condition and a normal, slow requeue).
+pub fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(500u64.saturating_mul(1 << attempt.min(8))).min(Duration::from_secs(120))
+}
+
+/// Server-side applies `obj` (which must carry apiVersion, kind and name) with the
+/// operator's field manager, taking ownership of the fields it sends.
+pub async fn apply<K>(api: &Api<K>, obj: &K) -> Result<K>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    Ok(api.patch(&name, &params, &Patch::Apply(obj)).await?)
+}
+
+/// Server-side applies the status subresource: `status` is the whole status we own.
+pub async fn apply_status<K, S>(api: &Api<K>, obj: &K, status: &S) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    S: Serialize,
+{
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch_status(&obj.name_any(), &params, &Patch::Apply(&patch)).await?;
+    Ok(())
+}
+
+pub fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
+}
+
+/// Runs every controller until `shutdown` resolves.
+pub async fn run_all(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    join(training_job::run(ctx.clone(), stopped(stop.clone())), model_version::run(ctx, stopped(stop))).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(backoff(0), Duration::from_millis(500));
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert!(backoff(5) > backoff(4));
+        assert_eq!(backoff(30), Duration::from_secs(120));
+    }
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("héllo".into(), 2), "h…");
+        assert_eq!(truncate("short".into(), 10), "short");
+    }
+}

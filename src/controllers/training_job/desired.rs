@@ -1,0 +1,424 @@
+//! Desired children of a TrainingJob run, as pure functions: the `batch/v1` Job (Indexed
+//! for `workers > 1`) and, for distributed runs, the headless Service the workers
+//! rendezvous through. Everything the pod needs is in the environment contract of
+//! DESIGN.md §3.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        batch::v1::{Job, JobSpec},
+        core::v1::{
+            Capabilities, Container, EnvVar, EnvVarSource, ObjectFieldSelector,
+            PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, SeccompProfile,
+            SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+        },
+    },
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
+};
+use kube::{Resource, ResourceExt};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::api::{
+    self, Gate, TrainingJob,
+    training_job::{DEFAULT_MASTER_PORT, DataValidation, OutlierMethod, RunTrigger, Source, Split},
+};
+
+/// Name of the trainer container (also the one looked up in a user's pod template).
+pub const TRAINER_CONTAINER: &str = "trainer";
+/// Annotation on a run's Job: the recipe the run was started with, so the ModelVersion it
+/// produces records what really ran even if the TrainingJob changed since.
+pub const ANNOTATION_RUN_RECIPE: &str = "mlops.dev/run-recipe";
+/// Annotation on a run's Job: the TrainingJob generation it was started from.
+pub const ANNOTATION_GENERATION: &str = "mlops.dev/generation";
+/// Label the Job controller puts on the pods of a Job.
+pub const LABEL_JOB_NAME: &str = "batch.kubernetes.io/job-name";
+/// Where `pvc://` volumes are mounted in training pods.
+const PVC_MOUNT_ROOT: &str = "/mnt/mlops";
+/// Longest run name: Job names become pod label values (63) with a suffix added.
+pub const MAX_RUN_NAME: usize = 52;
+
+/// The run being materialised.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunRef {
+    pub name: String,
+    pub number: i64,
+    pub generation: i64,
+    pub trigger: RunTrigger,
+}
+
+/// What a run was started with; stored on its Job, read back into the ModelVersion.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunRecipe {
+    pub model: String,
+    pub image: Option<String>,
+    pub dataset_uri: String,
+    #[serde(default)]
+    pub hyperparameters: BTreeMap<String, String>,
+    #[serde(default)]
+    pub source: Option<Source>,
+    #[serde(default)]
+    pub gates: Vec<Gate>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub trigger: RunTrigger,
+}
+
+/// A spec problem only the controller can see (the schema caught everything else).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SpecError {
+    #[error("trainer.template has no containers and no trainer.image is set")]
+    NoTrainerContainer,
+    #[error("trainer has no image: set trainer.image or an image in the template's container")]
+    NoImage,
+    #[error("the TrainingJob name is {0} characters; at most {MAX_RUN_NAME} - 8 fit in a run name")]
+    NameTooLong(usize),
+}
+
+/// `<trainingjob>-r<number>`: the run's id, Job name and ModelVersion name.
+pub fn run_name(tj_name: &str, number: i64) -> String {
+    format!("{tj_name}-r{number}")
+}
+
+/// Labels shared by every child of a TrainingJob run.
+pub fn run_labels(tj: &TrainingJob, run: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (api::LABEL_APP_NAME.into(), "mlops-trainer".into()),
+        (api::LABEL_APP_INSTANCE.into(), tj.name_any()),
+        (api::LABEL_APP_COMPONENT.into(), api::COMPONENT_TRAINER.into()),
+        (api::LABEL_APP_MANAGED_BY.into(), api::MANAGED_BY.into()),
+        (api::LABEL_APP_PART_OF.into(), api::PART_OF.into()),
+        (api::LABEL_MODEL.into(), tj.spec.model.clone()),
+        (api::LABEL_TRAINING_JOB.into(), tj.name_any()),
+        (api::LABEL_RUN.into(), run.into()),
+    ])
+}
+
+fn owner(tj: &TrainingJob) -> OwnerReference {
+    // A TrainingJob read from the API always has a name and uid.
+    tj.controller_owner_ref(&()).expect("TrainingJob from the API server has metadata")
+}
+
+pub fn recipe(tj: &TrainingJob, run: &RunRef) -> RunRecipe {
+    let template = tj.spec.model_version.clone().unwrap_or_default();
+    RunRecipe {
+        model: tj.spec.model.clone(),
+        image: trainer_image(tj),
+        dataset_uri: tj.spec.dataset.uri.clone(),
+        hyperparameters: tj.spec.hyperparameters.clone(),
+        source: tj.spec.source.clone(),
+        gates: template.gates,
+        labels: template.labels,
+        trigger: run.trigger.clone(),
+    }
+}
+
+fn trainer_image(tj: &TrainingJob) -> Option<String> {
+    tj.spec.trainer.image.clone().or_else(|| {
+        let spec = tj.spec.trainer.template.as_ref()?.spec.as_ref()?;
+        let c = spec.containers.iter().find(|c| c.name == TRAINER_CONTAINER).or(spec.containers.first())?;
+        c.image.clone()
+    })
+}
+
+/// The Job of one run.
+pub fn desired_job(tj: &TrainingJob, run: &RunRef) -> Result<Job, SpecError> {
+    let name_len = tj.name_any().len();
+    if name_len + 8 > MAX_RUN_NAME {
+        return Err(SpecError::NameTooLong(name_len));
+    }
+    let labels = run_labels(tj, &run.name);
+    let workers = tj.spec.workers.max(1);
+    let mut pod = pod_template(tj, run, &labels)?;
+    if workers > 1 {
+        // Indexed Job pods get the hostname `<job>-<index>`; with `subdomain` set to the
+        // headless Service they resolve as `<job>-<index>.<service>`.
+        if let Some(spec) = pod.spec.as_mut() {
+            spec.subdomain = Some(run.name.clone());
+        }
+    }
+    let recipe = serde_json::to_string(&recipe(tj, run)).unwrap_or_default();
+    Ok(Job {
+        metadata: ObjectMeta {
+            name: Some(run.name.clone()),
+            namespace: tj.namespace(),
+            labels: Some(labels),
+            annotations: Some(BTreeMap::from([
+                (ANNOTATION_RUN_RECIPE.into(), recipe),
+                (ANNOTATION_GENERATION.into(), run.generation.to_string()),
+            ])),
+            owner_references: Some(vec![owner(tj)]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(JobSpec {
+            backoff_limit: Some(tj.spec.backoff_limit()),
+            active_deadline_seconds: tj.spec.active_deadline_seconds,
+            ttl_seconds_after_finished: tj.spec.ttl_seconds_after_finished,
+            suspend: Some(tj.spec.suspend),
+            completions: Some(workers),
+            parallelism: Some(workers),
+            completion_mode: Some(if workers > 1 { "Indexed" } else { "NonIndexed" }.into()),
+            template: pod,
+            ..JobSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// The headless Service a distributed run's workers find each other through.
+pub fn desired_service(tj: &TrainingJob, run: &RunRef) -> Option<Service> {
+    if tj.spec.workers <= 1 {
+        return None;
+    }
+    let labels = run_labels(tj, &run.name);
+    Some(Service {
+        metadata: ObjectMeta {
+            name: Some(run.name.clone()),
+            namespace: tj.namespace(),
+            labels: Some(labels),
+            owner_references: Some(vec![owner(tj)]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            // Workers must resolve each other before they are Ready (rendezvous first).
+            publish_not_ready_addresses: Some(true),
+            selector: Some(BTreeMap::from([(LABEL_JOB_NAME.into(), run.name.clone())])),
+            ports: Some(vec![ServicePort {
+                name: Some("rendezvous".into()),
+                port: DEFAULT_MASTER_PORT,
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    })
+}
+
+fn pod_template(
+    tj: &TrainingJob,
+    run: &RunRef,
+    labels: &BTreeMap<String, String>,
+) -> Result<PodTemplateSpec, SpecError> {
+    let trainer = &tj.spec.trainer;
+    let mut template = trainer.template.clone().unwrap_or_default();
+    let meta = template.metadata.get_or_insert_with(ObjectMeta::default);
+    meta.labels.get_or_insert_with(BTreeMap::new).extend(labels.clone());
+    let spec = template.spec.get_or_insert_with(PodSpec::default);
+    spec.restart_policy = Some("Never".into());
+    let sc = spec.security_context.get_or_insert_with(PodSecurityContext::default);
+    sc.run_as_non_root = Some(true);
+    sc.seccomp_profile = Some(SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() });
+
+    let index = match spec.containers.iter().position(|c| c.name == TRAINER_CONTAINER) {
+        Some(i) => i,
+        None if !spec.containers.is_empty() => 0,
+        None if trainer.image.is_some() => {
+            spec.containers.push(Container { name: TRAINER_CONTAINER.into(), ..Container::default() });
+            0
+        }
+        None => return Err(SpecError::NoTrainerContainer),
+    };
+
+    let (dataset_uri, dataset_volume) = local_uri(&tj.spec.dataset.uri, "dataset", true);
+    let output_base = format!("{}/{}", tj.spec.output.uri.trim_end_matches('/'), run.name);
+    let (output_uri, output_volume) = local_uri(&output_base, "output", false);
+    let mut mounts = Vec::new();
+    for (volume, mount) in [dataset_volume, output_volume].into_iter().flatten() {
+        if !spec.volumes.iter().flatten().any(|v| v.name == volume.name) {
+            spec.volumes.get_or_insert_with(Vec::new).push(volume);
+        }
+        mounts.push(mount);
+    }
+
+    let c = &mut spec.containers[index];
+    if let Some(image) = &trainer.image {
+        c.image = Some(image.clone());
+    }
+    if c.image.is_none() {
+        return Err(SpecError::NoImage);
+    }
+    if !trainer.command.is_empty() {
+        c.command = Some(trainer.command.clone());
+    }
+    if !trainer.args.is_empty() {
+        c.args = Some(trainer.args.clone());
+    }
+    if let Some(r) = &trainer.resources {
+        c.resources = Some(r.clone());
+    }
+    c.termination_message_policy = Some("FallbackToLogsOnError".into());
+    c.security_context = Some(restricted_container());
+    c.volume_mounts.get_or_insert_with(Vec::new).extend(mounts);
+
+    let ours = contract_env(tj, run, &dataset_uri, &output_uri);
+    let mut env: Vec<EnvVar> = c.env.take().unwrap_or_default();
+    env.extend(trainer.env.iter().cloned());
+    // The contract variables win over anything the user set with the same name.
+    env.retain(|e| !ours.iter().any(|o| o.name == e.name));
+    env.extend(ours);
+    c.env = Some(env);
+    Ok(template)
+}
+
+fn restricted_container() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Capabilities::default() }),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() }),
+        ..SecurityContext::default()
+    }
+}
+
+/// A `pvc://claim/path` URI becomes a mounted claim and a `file://` path inside the pod;
+/// `file://` and `s3://` pass through unchanged.
+fn local_uri(uri: &str, role: &str, read_only: bool) -> (String, Option<(Volume, VolumeMount)>) {
+    let Some(rest) = uri.strip_prefix("pvc://") else { return (uri.to_string(), None) };
+    let (claim, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let volume_name = format!("{role}-pvc");
+    let mount_path = format!("{PVC_MOUNT_ROOT}/{role}");
+    let volume = Volume {
+        name: volume_name.clone(),
+        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+            claim_name: claim.to_string(),
+            read_only: Some(read_only),
+        }),
+        ..Volume::default()
+    };
+    let mount = VolumeMount {
+        name: volume_name,
+        mount_path: mount_path.clone(),
+        read_only: Some(read_only),
+        ..VolumeMount::default()
+    };
+    (format!("file://{mount_path}/{path}"), Some((volume, mount)))
+}
+
+fn literal(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar { name: name.into(), value: Some(value.into()), value_from: None }
+}
+
+fn from_field(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector { field_path: path.into(), api_version: None }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
+fn from_secret(name: &str, secret: &str, key: &str, optional: bool) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.into(),
+                key: key.into(),
+                optional: Some(optional),
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
+/// The trainer environment of DESIGN.md §3, plus rendezvous variables for distributed runs
+/// and S3 credentials taken from a Secret by reference (their values never pass through
+/// the operator).
+pub fn contract_env(tj: &TrainingJob, run: &RunRef, dataset_uri: &str, output_uri: &str) -> Vec<EnvVar> {
+    let spec = &tj.spec;
+    let mut env = vec![
+        literal("MLOPS_MODEL_NAME", &spec.model),
+        literal("MLOPS_RUN_ID", &run.name),
+        literal("MLOPS_DATASET_URI", dataset_uri),
+        literal("MLOPS_OUTPUT_URI", output_uri),
+        literal("MLOPS_SPLIT", split_json(spec.dataset.split.as_ref())),
+        literal("MLOPS_HYPERPARAMETERS", serde_json::to_string(&spec.hyperparameters).unwrap_or_default()),
+    ];
+    if let Some(d) = &spec.dataset.digest {
+        env.push(literal("MLOPS_DATASET_DIGEST", d));
+    }
+    if let Some(l) = &spec.dataset.label_column {
+        env.push(literal("MLOPS_LABEL_COLUMN", l));
+    }
+    if let Some(v) = &spec.dataset.validation {
+        env.push(literal("MLOPS_VALIDATION", validation_json(v)));
+    }
+    if spec.workers > 1 {
+        env.extend([
+            literal("MLOPS_WORKERS", spec.workers.to_string()),
+            literal("WORLD_SIZE", spec.workers.to_string()),
+            from_field("RANK", "metadata.annotations['batch.kubernetes.io/job-completion-index']"),
+            from_field("MLOPS_RANK", "metadata.annotations['batch.kubernetes.io/job-completion-index']"),
+            literal("MASTER_ADDR", format!("{}-0.{}", run.name, run.name)),
+            literal("MASTER_PORT", DEFAULT_MASTER_PORT.to_string()),
+        ]);
+    }
+    let dataset_secret = spec.dataset.credentials_secret_ref.as_ref().map(|r| r.name.as_str());
+    let output_secret = spec.output.credentials_secret_ref.as_ref().map(|r| r.name.as_str());
+    if let Some(secret) = dataset_secret.or(output_secret) {
+        env.extend(s3_env("", secret));
+    }
+    if let (Some(d), Some(o)) = (dataset_secret, output_secret)
+        && d != o
+    {
+        env.extend(s3_env("MLOPS_OUTPUT_", o));
+    }
+    env
+}
+
+fn s3_env(prefix: &str, secret: &str) -> Vec<EnvVar> {
+    vec![
+        from_secret(&format!("{prefix}AWS_ACCESS_KEY_ID"), secret, "AWS_ACCESS_KEY_ID", false),
+        from_secret(&format!("{prefix}AWS_SECRET_ACCESS_KEY"), secret, "AWS_SECRET_ACCESS_KEY", false),
+        from_secret(&format!("{prefix}AWS_REGION"), secret, "AWS_REGION", true),
+        from_secret(&format!("{prefix}AWS_ENDPOINT_URL"), secret, "AWS_ENDPOINT_URL", true),
+    ]
+}
+
+/// `MLOPS_SPLIT`: ratios and seed, defaults filled in.
+pub fn split_json(split: Option<&Split>) -> String {
+    let s = split.cloned().unwrap_or_default();
+    json!({
+        "train": s.train,
+        "validation": s.validation,
+        "test": s.test,
+        "seed": s.seed.unwrap_or(api::training_job::DEFAULT_SPLIT_SEED),
+    })
+    .to_string()
+}
+
+/// `MLOPS_VALIDATION`: one entry per configured check, actions in their lowercase
+/// contract names.
+pub fn validation_json(v: &DataValidation) -> String {
+    let mut out = serde_json::Map::new();
+    for (name, check) in [("missing", &v.missing), ("duplicates", &v.duplicates)] {
+        if let Some(c) = check {
+            let mut e = json!({"action": c.action.contract_name()});
+            if let Some(f) = c.max_fraction {
+                e["maxFraction"] = json!(f);
+            }
+            out.insert(name.into(), e);
+        }
+    }
+    if let Some(o) = &v.outliers {
+        let method = match o.method.unwrap_or_default() {
+            OutlierMethod::ZScore => "zscore",
+            OutlierMethod::Iqr => "iqr",
+        };
+        let mut e = json!({"action": o.action.contract_name(), "method": method});
+        if let Some(t) = o.threshold {
+            e["threshold"] = json!(t);
+        }
+        if let Some(f) = o.max_fraction {
+            e["maxFraction"] = json!(f);
+        }
+        out.insert("outliers".into(), e);
+    }
+    serde_json::Value::Object(out).to_string()
+}

@@ -1,0 +1,419 @@
+//! The TrainingJob state machine as a pure function: from the resource and what was
+//! observed (its runs' Jobs and the trainer results read from their pods) to the new
+//! status, the run to start, the ModelVersions to create and the Events to publish.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::batch::v1::Job,
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
+};
+use kube::ResourceExt;
+
+use super::{
+    desired::{ANNOTATION_GENERATION, ANNOTATION_RUN_RECIPE, RunRecipe, RunRef, run_name},
+    result::{self, TrainerResult},
+};
+use crate::api::{
+    self, ModelVersion, ModelVersionSpec, TrainingJob, TrainingJobStatus,
+    common::annotation_pending,
+    conditions::{self as cond, new_condition, set_condition},
+    model_version::{DatasetLineage, Lineage},
+    training_job::{RUN_HISTORY_LIMIT, RunOutcome, RunRecord, RunTrigger, TriggerType},
+};
+
+/// What the trainer pod of a finished Job left behind.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PodOutcome {
+    /// The trainer container's termination message (the result JSON, or the reason).
+    pub message: Option<String>,
+    pub exit_code: Option<i32>,
+    /// The kubelet's reason (`Completed`, `Error`, `OOMKilled`, ...).
+    pub reason: Option<String>,
+    /// The image digest the trainer ran (`imageID`).
+    pub image_id: Option<String>,
+}
+
+/// What the I/O shell observed for one TrainingJob.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    /// The Jobs labelled with this TrainingJob, by name.
+    pub jobs: BTreeMap<String, Job>,
+    /// For finished Jobs: what their trainer pod left behind, by Job name.
+    pub pods: BTreeMap<String, PodOutcome>,
+    pub now: Option<Time>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventNote {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub note: String,
+}
+
+/// Everything the shell must do, in order: apply the new run's children, create the
+/// ModelVersions, suspend/resume active Jobs, then write the status and publish Events.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    pub start_run: Option<RunRef>,
+    pub create_versions: Vec<ModelVersion>,
+    /// Active Jobs whose `spec.suspend` must change, with the value to set.
+    pub set_suspend: Vec<(String, bool)>,
+    pub status: TrainingJobStatus,
+    pub events: Vec<EventNote>,
+    /// A spec problem only the controller can see: `Stalled=True`, no run started.
+    pub spec_error: Option<String>,
+}
+
+fn job_condition<'a>(job: &'a Job, type_: &str) -> Option<&'a k8s_openapi::api::batch::v1::JobCondition> {
+    job.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == type_ && c.status == "True")
+}
+
+fn number_of(job: &Job) -> Option<i64> {
+    let run = job.labels().get(api::LABEL_RUN)?;
+    run.rsplit_once("-r")?.1.parse().ok()
+}
+
+fn generation_of(job: &Job) -> Option<i64> {
+    job.annotations().get(ANNOTATION_GENERATION)?.parse().ok()
+}
+
+/// Computes the plan. `spec_error` is the result of building the desired Job for a new
+/// run (checked by the caller with `desired::desired_job`), so the state machine knows
+/// whether a run can start.
+pub fn plan(tj: &TrainingJob, observed: &Observed, spec_check: impl Fn(&RunRef) -> Option<String>) -> Plan {
+    let now = observed.now.clone().unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()));
+    let generation = tj.metadata.generation.unwrap_or(0);
+    let mut status = tj.status.clone().unwrap_or_default();
+    let mut plan = Plan::default();
+
+    // 0. Adopt a run whose Job exists but whose record was lost (the status write after
+    //    creating the Job failed): it is followed like any other, never started twice.
+    let recorded = status.last_run_number.unwrap_or(0);
+    for job in observed.jobs.values() {
+        let (Some(number), name) = (number_of(job), job.name_any()) else { continue };
+        if number > recorded && !status.runs.iter().any(|r| r.job_name == name) {
+            let recipe: Option<RunRecipe> =
+                job.annotations().get(ANNOTATION_RUN_RECIPE).and_then(|r| serde_json::from_str(r).ok());
+            status.runs.push(RunRecord {
+                name: name.clone(),
+                number,
+                job_name: name,
+                generation: generation_of(job),
+                trigger: recipe.map(|r| r.trigger).unwrap_or_default(),
+                start_time: job.metadata.creation_timestamp.clone(),
+                outcome: RunOutcome::Pending,
+                ..RunRecord::default()
+            });
+            status.last_run_number = Some(number.max(status.last_run_number.unwrap_or(0)));
+        }
+    }
+    status.runs.sort_by_key(|r| r.number);
+
+    // 1. Follow the runs in flight.
+    for run in status.runs.iter_mut().filter(|r| !r.outcome.is_finished()) {
+        let job = observed.jobs.get(&run.job_name);
+        let before = run.outcome;
+        match job {
+            None => finish(
+                run,
+                RunOutcome::Failed,
+                "JobDeleted",
+                "the run's Job was deleted before it finished",
+                &now,
+            ),
+            Some(job) => follow(run, job, observed.pods.get(&run.job_name), &now, &mut plan, tj),
+        }
+        if run.outcome != before && run.outcome.is_finished() {
+            plan.events.push(match run.outcome {
+                RunOutcome::Succeeded => EventNote {
+                    warning: false,
+                    reason: "RunSucceeded",
+                    note: format!(
+                        "run {} succeeded and produced ModelVersion {}",
+                        run.name,
+                        run.model_version.as_deref().unwrap_or("-")
+                    ),
+                },
+                _ => EventNote {
+                    warning: true,
+                    reason: "RunFailed",
+                    note: format!(
+                        "run {} failed ({}): {}",
+                        run.name,
+                        run.reason.as_deref().unwrap_or("Unknown"),
+                        run.message.as_deref().unwrap_or("")
+                    ),
+                },
+            });
+        }
+        if let Some(job) = job {
+            let suspended = job.spec.as_ref().and_then(|s| s.suspend).unwrap_or(false);
+            if !run.outcome.is_finished() && suspended != tj.spec.suspend {
+                plan.set_suspend.push((run.job_name.clone(), tj.spec.suspend));
+            }
+        }
+    }
+
+    // 2. Start a run when this generation has none yet, or a retry was asked for.
+    let known_generation = status.runs.iter().any(|r| r.generation == Some(generation))
+        || observed.jobs.values().any(|j| generation_of(j) == Some(generation));
+    let retry_value = tj.annotations().get(api::ANNOTATION_RETRY).cloned();
+    let handled_retry = status.manual_actions.as_ref().and_then(|m| m.retry.clone());
+    let retry = annotation_pending(retry_value.as_deref(), handled_retry.as_deref());
+    let active = status.runs.iter().filter(|r| !r.outcome.is_finished()).count();
+    let max_active =
+        tj.spec.retrain.as_ref().and_then(|r| r.max_concurrent_runs).unwrap_or(1).max(1) as usize;
+    let wants = !known_generation || retry;
+    let mut waiting_for_slot = false;
+    if wants && !tj.spec.suspend {
+        if active >= max_active {
+            waiting_for_slot = true;
+        } else {
+            let number = status
+                .last_run_number
+                .unwrap_or(0)
+                .max(observed.jobs.values().filter_map(number_of).max().unwrap_or(0))
+                + 1;
+            let trigger = RunTrigger {
+                type_: if retry && known_generation { TriggerType::Manual } else { TriggerType::Spec },
+                time: Some(now.clone()),
+                message: Some(if retry && known_generation {
+                    format!(
+                        "{} annotation set to {:?}",
+                        api::ANNOTATION_RETRY,
+                        retry_value.clone().unwrap_or_default()
+                    )
+                } else {
+                    format!("generation {generation}")
+                }),
+                ..RunTrigger::default()
+            };
+            let run = RunRef { name: run_name(&tj.name_any(), number), number, generation, trigger };
+            match spec_check(&run) {
+                Some(err) => plan.spec_error = Some(err),
+                None => {
+                    status.last_run_number = Some(number);
+                    status.runs.push(RunRecord {
+                        name: run.name.clone(),
+                        number,
+                        job_name: run.name.clone(),
+                        generation: Some(generation),
+                        trigger: run.trigger.clone(),
+                        start_time: Some(now.clone()),
+                        outcome: RunOutcome::Pending,
+                        ..RunRecord::default()
+                    });
+                    if retry {
+                        status.manual_actions.get_or_insert_with(Default::default).retry =
+                            retry_value.clone();
+                    }
+                    plan.events.push(EventNote {
+                        warning: false,
+                        reason: "RunStarted",
+                        note: format!("started run {} ({:?} trigger)", run.name, run.trigger.type_),
+                    });
+                    plan.start_run = Some(run);
+                }
+            }
+        }
+    }
+
+    // 3. Bounded history: drop the oldest finished runs.
+    while status.runs.len() > RUN_HISTORY_LIMIT {
+        match status.runs.iter().position(|r| r.outcome.is_finished()) {
+            Some(i) => {
+                status.runs.remove(i);
+            }
+            None => break,
+        }
+    }
+    status.active_runs =
+        status.runs.iter().filter(|r| !r.outcome.is_finished()).map(|r| r.name.clone()).collect();
+    let latest_finished = status.runs.iter().rev().find(|r| r.outcome.is_finished()).cloned();
+    status.last_run = status.runs.last().map(|r| r.outcome);
+    if let Some(mv) = status.runs.iter().rev().find_map(|r| r.model_version.clone()) {
+        status.latest_model_version = Some(mv);
+    }
+
+    // 4. Conditions.
+    let g = Some(generation);
+    let mut conds = std::mem::take(&mut status.conditions);
+    let mut set = |type_: &str, value: &str, reason: &str, message: String| {
+        set_condition(&mut conds, new_condition(type_, value, reason, message, g, now.clone()), now.clone());
+    };
+    let active_names = status.active_runs.join(", ");
+    if let Some(err) = &plan.spec_error {
+        set(cond::STALLED, cond::STATUS_TRUE, "InvalidSpec", err.clone());
+        set(cond::RECONCILING, cond::STATUS_FALSE, "InvalidSpec", "waiting for the spec to be fixed".into());
+        set(cond::READY, cond::STATUS_FALSE, "InvalidSpec", err.clone());
+    } else if !status.active_runs.is_empty() || waiting_for_slot {
+        let msg = if waiting_for_slot && status.active_runs.is_empty() {
+            "a new run is waiting".to_string()
+        } else if waiting_for_slot {
+            format!("run {active_names} in progress; a new run starts when it finishes")
+        } else {
+            format!("run {active_names} in progress")
+        };
+        set(cond::RECONCILING, cond::STATUS_TRUE, "RunInProgress", msg.clone());
+        set(cond::STALLED, cond::STATUS_FALSE, "RunInProgress", msg.clone());
+        set(cond::READY, cond::STATUS_FALSE, "RunInProgress", msg);
+    } else if tj.spec.suspend && latest_finished.is_none() {
+        let msg = "suspended: no run starts until spec.suspend is false".to_string();
+        set(cond::RECONCILING, cond::STATUS_FALSE, "Suspended", msg.clone());
+        set(cond::STALLED, cond::STATUS_FALSE, "Suspended", msg.clone());
+        set(cond::READY, cond::STATUS_FALSE, "Suspended", msg);
+    } else {
+        set(cond::RECONCILING, cond::STATUS_FALSE, "Idle", "no run in progress".into());
+    }
+    if plan.spec_error.is_none()
+        && let Some(run) = &latest_finished
+    {
+        let ok = run.outcome == RunOutcome::Succeeded;
+        let (reason, msg) = if ok {
+            (
+                "RunSucceeded",
+                format!(
+                    "run {} produced ModelVersion {}",
+                    run.name,
+                    run.model_version.as_deref().unwrap_or("-")
+                ),
+            )
+        } else {
+            (
+                run.reason.as_deref().unwrap_or("RunFailed"),
+                format!("run {} failed: {}", run.name, run.message.as_deref().unwrap_or("no details")),
+            )
+        };
+        set(cond::SUCCEEDED, cond::status_str(ok), reason, msg.clone());
+        set(cond::FAILED, cond::status_str(!ok), reason, msg.clone());
+        if status.active_runs.is_empty() && !waiting_for_slot {
+            set(cond::READY, cond::status_str(ok), reason, msg.clone());
+            // A failed run needs a human (a new spec, data, or the retry annotation).
+            set(cond::STALLED, cond::status_str(!ok), reason, msg);
+        }
+    }
+    status.conditions = conds;
+    status.observed_generation = g;
+    plan.status = status;
+    plan
+}
+
+fn finish(run: &mut RunRecord, outcome: RunOutcome, reason: &str, message: impl Into<String>, now: &Time) {
+    run.outcome = outcome;
+    run.completion_time = Some(now.clone());
+    if outcome == RunOutcome::Failed {
+        run.reason = Some(reason.into());
+        run.message = Some(crate::controllers::truncate(message.into(), 1024));
+    }
+}
+
+fn follow(
+    run: &mut RunRecord,
+    job: &Job,
+    pod: Option<&PodOutcome>,
+    now: &Time,
+    plan: &mut Plan,
+    tj: &TrainingJob,
+) {
+    if job_condition(job, "Complete").is_some() {
+        match result::parse(pod.and_then(|p| p.message.as_deref())) {
+            Ok(res) => {
+                let mv = model_version(tj, run, job, &res, pod, now);
+                run.model_version = mv.metadata.name.clone();
+                finish(run, RunOutcome::Succeeded, "", "", now);
+                plan.events.push(EventNote {
+                    warning: false,
+                    reason: "ModelVersionCreated",
+                    note: format!("created ModelVersion {} from run {}", run.name, run.name),
+                });
+                plan.create_versions.push(mv);
+            }
+            Err(e) => finish(run, RunOutcome::Failed, e.reason(), e.to_string(), now),
+        }
+    } else if let Some(c) = job_condition(job, "Failed") {
+        let reason = c.reason.clone().unwrap_or_else(|| "JobFailed".into());
+        let mut message = c.message.clone().unwrap_or_default();
+        if let Some(p) = pod {
+            let detail = p.message.as_deref().map(str::trim).filter(|m| !m.is_empty());
+            message = match (p.exit_code, detail) {
+                (Some(code), Some(d)) => format!("trainer exited {code}: {d}"),
+                (Some(code), None) => format!("trainer exited {code} ({message})"),
+                (None, Some(d)) => d.to_string(),
+                (None, None) => message,
+            };
+            run.exit_code = p.exit_code;
+        }
+        finish(run, RunOutcome::Failed, &reason, message, now);
+    } else {
+        let s = job.status.as_ref();
+        let started = s.and_then(|s| s.active).unwrap_or(0) > 0 || s.and_then(|s| s.ready).unwrap_or(0) > 0;
+        if started {
+            run.outcome = RunOutcome::Running;
+        }
+    }
+}
+
+/// The ModelVersion of a successful run: the recipe stored on the Job, the trainer's
+/// result, and the pod's image digest.
+pub fn model_version(
+    tj: &TrainingJob,
+    run: &RunRecord,
+    job: &Job,
+    res: &TrainerResult,
+    pod: Option<&PodOutcome>,
+    now: &Time,
+) -> ModelVersion {
+    let recipe: RunRecipe = job
+        .annotations()
+        .get(ANNOTATION_RUN_RECIPE)
+        .and_then(|r| serde_json::from_str(r).ok())
+        .unwrap_or_else(|| RunRecipe {
+            model: tj.spec.model.clone(),
+            dataset_uri: tj.spec.dataset.uri.clone(),
+            trigger: run.trigger.clone(),
+            ..RunRecipe::default()
+        });
+    let mut labels = recipe.labels.clone();
+    labels.extend([
+        (api::LABEL_MODEL.to_string(), recipe.model.clone()),
+        (api::LABEL_TRAINING_JOB.to_string(), tj.name_any()),
+        (api::LABEL_RUN.to_string(), run.name.clone()),
+        (api::LABEL_APP_MANAGED_BY.to_string(), api::MANAGED_BY.to_string()),
+        (api::LABEL_APP_PART_OF.to_string(), api::PART_OF.to_string()),
+    ]);
+    let start = job.status.as_ref().and_then(|s| s.start_time.clone()).or(run.start_time.clone());
+    let end = job.status.as_ref().and_then(|s| s.completion_time.clone()).or(Some(now.clone()));
+    ModelVersion {
+        metadata: ObjectMeta {
+            name: Some(run.name.clone()),
+            namespace: tj.namespace(),
+            labels: Some(labels),
+            ..ObjectMeta::default()
+        },
+        spec: ModelVersionSpec {
+            model: recipe.model.clone(),
+            artifact: res.artifact.clone(),
+            metrics: res.metrics.clone(),
+            lineage: Some(Lineage {
+                training_job: Some(tj.name_any()),
+                run: Some(run.name.clone()),
+                image: recipe.image.clone(),
+                image_digest: pod.and_then(|p| p.image_id.clone()).filter(|i| !i.is_empty()),
+                dataset: Some(DatasetLineage {
+                    uri: recipe.dataset_uri.clone(),
+                    digest: res.dataset_digest.clone(),
+                    rows: res.rows.clone(),
+                    validation_report: res.validation.clone(),
+                }),
+                hyperparameters: recipe.hyperparameters.clone(),
+                source: recipe.source.clone(),
+                trigger: Some(recipe.trigger.clone()),
+                start_time: start,
+                completion_time: end,
+            }),
+            gates: recipe.gates.clone(),
+        },
+        status: None,
+    }
+}

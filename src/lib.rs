@@ -1,0 +1,9 @@
+//! mlops-operator as a library: the API types, the controllers and the process plumbing.
+//! `main.rs` wires them into the `mlops-operator` binary; end-to-end tests use the types.
+
+pub mod api;
+pub mod controllers;
+pub mod http;
+pub mod leader;
+pub mod metrics;
+pub mod telemetry;
