@@ -49,6 +49,9 @@ struct RunArgs {
     /// Identity in the Lease; the pod name in a cluster.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Watch only this namespace (a namespace-scoped install); all namespaces when unset.
+    #[arg(long, env = "MLOPS_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
     /// Name of the leader-election Lease.
     #[arg(long, default_value = "mlops-operator-leader")]
     lease_name: String,
@@ -118,7 +121,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     metrics.leader.set(1);
 
-    let ctx = controllers::Context::new(client, metrics.clone(), identity);
+    let ctx = controllers::Context::new(client, metrics.clone(), identity, args.watch_namespace);
     let controllers = controllers::run_all(ctx, stop_rx.clone());
     let outcome = tokio::select! {
         _ = controllers => Ok(()),

@@ -16,15 +16,10 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 
 // Re-exports: the names controllers use most.
-#[allow(unused_imports)]
 pub use common::{LocalRef, ManualActions};
-#[allow(unused_imports)]
 pub use conditions::Condition;
-#[allow(unused_imports)]
 pub use inference_service::{InferenceService, InferenceServiceSpec, InferenceServiceStatus};
-#[allow(unused_imports)]
 pub use model_version::{Gate, GateOp, ModelVersion, ModelVersionSpec, ModelVersionStatus};
-#[allow(unused_imports)]
 pub use training_job::{TrainingJob, TrainingJobSpec, TrainingJobStatus};
 
 /// API group of every resource in this project.

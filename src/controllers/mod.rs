@@ -31,19 +31,38 @@ pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub metrics: Metrics,
+    /// Only this namespace is watched when set (a namespace-scoped install, or a test).
+    pub watch_namespace: Option<String>,
     /// Consecutive failed reconciles per object, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
-    pub fn new(client: Client, metrics: Metrics, instance: String) -> Arc<Context> {
+    pub fn new(
+        client: Client,
+        metrics: Metrics,
+        instance: String,
+        watch_namespace: Option<String>,
+    ) -> Arc<Context> {
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(instance) };
         Arc::new(Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
+            watch_namespace,
             failures: Mutex::default(),
         })
+    }
+
+    /// The API the controllers watch `K` through: every namespace, or the one configured.
+    pub fn watched<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        match &self.watch_namespace {
+            Some(ns) => Api::namespaced(self.client.clone(), ns),
+            None => Api::all(self.client.clone()),
+        }
     }
 
     fn key<K: Resource<DynamicType = ()>>(obj: &K) -> String {

@@ -251,3 +251,94 @@ pub fn install_crds() {
 pub fn fixture_expectation(text: &str) -> Option<&str> {
     text.lines().next()?.strip_prefix("# expect:").map(str::trim)
 }
+
+/// An `mlops-operator run` process scoped to one namespace (its own Lease there too), so
+/// tests never share an operator; stopped (SIGTERM, then SIGKILL) when dropped. Its log is
+/// kept in `target/e2e-logs/<namespace>-<n>.log`.
+pub struct Operator {
+    child: std::process::Child,
+    pub metrics_addr: std::net::SocketAddr,
+    pub log: PathBuf,
+}
+
+impl Operator {
+    /// Starts the operator binary (`env!("CARGO_BIN_EXE_mlops-operator")` in the test).
+    pub fn start(binary: &str, namespace: &str, extra: &[&str]) -> Operator {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port();
+        let metrics_addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        let dir = repo_root().join("target/e2e-logs");
+        std::fs::create_dir_all(&dir).expect("log dir");
+        let log = dir.join(format!("{namespace}-{port}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(binary)
+            .args(["run", "--metrics-addr", &metrics_addr.to_string(), "--watch-namespace", namespace])
+            .args(["--namespace", namespace, "--lease-duration-seconds", "6", "--lease-retry-seconds", "1"])
+            .args(extra)
+            .env("KUBECONFIG", kubeconfig_path())
+            .env("RUST_LOG", "info,kube=warn")
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .spawn()
+            .expect("starting mlops-operator");
+        Operator { child, metrics_addr, log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The operator's `/metrics` text, or `None` while it does not answer.
+    pub fn metrics(&self) -> Option<String> {
+        http_get(self.metrics_addr, "/metrics")
+    }
+
+    /// The value of a sample line in `/metrics` that starts with `series`.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        self.metrics()?.lines().find(|l| l.starts_with(series))?.rsplit(' ').next()?.parse().ok()
+    }
+
+    /// SIGTERM and wait up to `timeout` for a clean exit; returns the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// The operator's log so far (for failure messages).
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.terminate(Duration::from_secs(5));
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A plain HTTP/1.1 GET on loopback; the body, or `None` on any failure or non-200.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}

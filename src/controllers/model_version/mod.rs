@@ -27,9 +27,8 @@ pub const CONTROLLER: &str = "modelversion";
 /// re-evaluates the versions of its namespace that it names (serving, canary, rollback
 /// target), so protection and `servingIn` follow rollouts.
 pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
-    let client = ctx.client.clone();
-    Controller::new(Api::<ModelVersion>::all(client.clone()), watcher::Config::default().any_semantic())
-        .watches(Api::<InferenceService>::all(client), watcher::Config::default(), referenced_versions)
+    Controller::new(ctx.watched::<ModelVersion>(), watcher::Config::default().any_semantic())
+        .watches(ctx.watched::<InferenceService>(), watcher::Config::default(), referenced_versions)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, |mv, err, ctx| ctx.error_action(CONTROLLER, mv.as_ref(), err), ctx)
         .for_each(|_| futures::future::ready(()))

@@ -32,9 +32,8 @@ pub const CONTROLLER: &str = "trainingjob";
 
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
-    let client = ctx.client.clone();
-    Controller::new(Api::<TrainingJob>::all(client.clone()), watcher::Config::default().any_semantic())
-        .owns(Api::<Job>::all(client), watcher::Config::default().labels(api::LABEL_TRAINING_JOB))
+    Controller::new(ctx.watched::<TrainingJob>(), watcher::Config::default().any_semantic())
+        .owns(ctx.watched::<Job>(), watcher::Config::default().labels(api::LABEL_TRAINING_JOB))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, |tj, err, ctx| ctx.error_action(CONTROLLER, tj.as_ref(), err), ctx)
         .for_each(|_| futures::future::ready(()))
