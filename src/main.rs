@@ -52,6 +52,9 @@ struct RunArgs {
     /// Watch only this namespace (a namespace-scoped install); all namespaces when unset.
     #[arg(long, env = "MLOPS_WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
+    /// Prometheus base URL for metric checks, e.g. http://prometheus.monitoring:9090.
+    #[arg(long, env = "MLOPS_PROMETHEUS_URL")]
+    prometheus_url: Option<String>,
     /// Name of the leader-election Lease.
     #[arg(long, default_value = "mlops-operator-leader")]
     lease_name: String,
@@ -121,7 +124,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     metrics.leader.set(1);
 
-    let ctx = controllers::Context::new(client, metrics.clone(), identity, args.watch_namespace);
+    let ctx = controllers::Context::new(
+        client,
+        metrics.clone(),
+        identity,
+        args.watch_namespace,
+        args.prometheus_url.as_deref(),
+    );
     let controllers = controllers::run_all(ctx, stop_rx.clone());
     let outcome = tokio::select! {
         _ = controllers => Ok(()),

@@ -3,6 +3,7 @@
 //! apply helpers. Each kind's `mod.rs` is the thin I/O shell around pure `desired` and
 //! `status` functions.
 
+pub mod inference_service;
 pub mod model_version;
 pub mod training_job;
 
@@ -12,7 +13,6 @@ use std::{
     time::Duration,
 };
 
-use futures::future::join;
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
@@ -31,6 +31,8 @@ pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub metrics: Metrics,
+    /// Where metric checks are measured; `None` makes every metric check a query error.
+    pub prometheus: Option<crate::analysis::prometheus::Prometheus>,
     /// Only this namespace is watched when set (a namespace-scoped install, or a test).
     pub watch_namespace: Option<String>,
     /// Consecutive failed reconciles per object, for exponential backoff.
@@ -43,6 +45,7 @@ impl Context {
         metrics: Metrics,
         instance: String,
         watch_namespace: Option<String>,
+        prometheus_url: Option<&str>,
     ) -> Arc<Context> {
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(instance) };
         Arc::new(Context {
@@ -50,6 +53,7 @@ impl Context {
             client,
             metrics,
             watch_namespace,
+            prometheus: prometheus_url.map(crate::analysis::prometheus::Prometheus::new),
             failures: Mutex::default(),
         })
     }
@@ -186,7 +190,12 @@ pub async fn run_all(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    join(training_job::run(ctx.clone(), stopped(stop.clone())), model_version::run(ctx, stopped(stop))).await;
+    futures::future::join3(
+        training_job::run(ctx.clone(), stopped(stop.clone())),
+        model_version::run(ctx.clone(), stopped(stop.clone())),
+        inference_service::run(ctx, stopped(stop)),
+    )
+    .await;
 }
 
 #[cfg(test)]

@@ -1,0 +1,363 @@
+//! Desired children of an InferenceService, pure: one Deployment per served version, the
+//! Service over all of them, per-version Services and an HTTPRoute for Gateway API
+//! routing, and the HorizontalPodAutoscaler.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, DeploymentSpec},
+        autoscaling::v2::{
+            CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
+            MetricTarget, ResourceMetricSource,
+        },
+        core::v1::{
+            Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
+            PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+            SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+        },
+    },
+    apimachinery::pkg::{
+        apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference},
+        util::intstr::IntOrString,
+    },
+};
+use kube::{Resource, ResourceExt, api::DynamicObject};
+use serde_json::json;
+
+use crate::{
+    api::{
+        self, InferenceService, ModelVersion,
+        inference_service::{DEFAULT_MIN_REPLICAS, DEFAULT_TARGET_CPU_UTILIZATION, RuntimePreset},
+    },
+    rollout::Traffic,
+};
+
+/// Test-only: a ModelVersion annotation whose JSON object of `MLOPS_FAULT_*` variables is
+/// added to that version's server pods (fault injection for end-to-end tests and demos).
+pub const ANNOTATION_FAULT_ENV: &str = "mlops.dev/test-fault-env";
+pub const SERVER_CONTAINER: &str = "server";
+const PVC_MOUNT: &str = "/mnt/mlops/model";
+/// Default image of the reference runtime preset.
+pub const MLOPS_RUNTIME_IMAGE: &str = "ghcr.io/mlops-dev/mlops-runtime:0.1.0";
+
+fn owner(isvc: &InferenceService) -> OwnerReference {
+    isvc.controller_owner_ref(&()).expect("InferenceService from the API server has metadata")
+}
+
+pub fn selector_labels(isvc: &InferenceService) -> BTreeMap<String, String> {
+    BTreeMap::from([(api::LABEL_INFERENCE_SERVICE.into(), isvc.name_any())])
+}
+
+/// `status.selector`: every serving pod of the service (scale subresource, HPA).
+pub fn selector_string(isvc: &InferenceService) -> String {
+    format!("{}={}", api::LABEL_INFERENCE_SERVICE, isvc.name_any())
+}
+
+pub fn url(isvc: &InferenceService) -> String {
+    format!(
+        "http://{}.{}.svc:{}",
+        isvc.name_any(),
+        isvc.namespace().unwrap_or_default(),
+        isvc.spec.runtime.port()
+    )
+}
+
+fn labels(isvc: &InferenceService, version: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (api::LABEL_APP_NAME.into(), "mlops-server".into()),
+        (api::LABEL_APP_INSTANCE.into(), isvc.name_any()),
+        (api::LABEL_APP_COMPONENT.into(), api::COMPONENT_SERVER.into()),
+        (api::LABEL_APP_MANAGED_BY.into(), api::MANAGED_BY.into()),
+        (api::LABEL_APP_PART_OF.into(), api::PART_OF.into()),
+        (api::LABEL_INFERENCE_SERVICE.into(), isvc.name_any()),
+        (api::LABEL_MODEL.into(), isvc.spec.model.clone()),
+        (api::LABEL_MODEL_VERSION.into(), version.into()),
+    ])
+}
+
+/// `<service>-<version>`, shortened with a stable hash when too long for pod names.
+pub fn deployment_name(isvc: &InferenceService, version: &str) -> String {
+    let name = format!("{}-{version}", isvc.name_any());
+    if name.len() <= 52 {
+        return name;
+    }
+    let hash = name.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+    format!("{}-{:08x}", name[..43].trim_end_matches('-'), hash as u32)
+}
+
+fn image(isvc: &InferenceService) -> String {
+    isvc.spec.runtime.image.clone().unwrap_or_else(|| {
+        match isvc.spec.runtime.preset.unwrap_or_default() {
+            RuntimePreset::MlopsRuntime => MLOPS_RUNTIME_IMAGE,
+            RuntimePreset::MlServer => "docker.io/seldonio/mlserver:1.7.1",
+            RuntimePreset::Triton => "nvcr.io/nvidia/tritonserver:24.08-py3",
+        }
+        .to_string()
+    })
+}
+
+fn env_literal(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar { name: name.into(), value: Some(value.into()), value_from: None }
+}
+
+/// The Deployment serving `mv` with `replicas` pods.
+pub fn deployment(isvc: &InferenceService, mv: &ModelVersion, replicas: i32) -> Deployment {
+    let version = mv.name_any();
+    let rt = &isvc.spec.runtime;
+    let port = rt.port();
+    let labels = labels(isvc, &version);
+    let mut selector = selector_labels(isvc);
+    selector.insert(api::LABEL_MODEL_VERSION.into(), version.clone());
+
+    let (model_uri, volume) = match mv.spec.artifact.uri.strip_prefix("pvc://") {
+        Some(rest) => {
+            let (claim, path) = rest.split_once('/').unwrap_or((rest, ""));
+            let volume = Volume {
+                name: "model".into(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: claim.into(),
+                    read_only: Some(true),
+                }),
+                ..Volume::default()
+            };
+            (format!("file://{PVC_MOUNT}/{path}"), Some(volume))
+        }
+        None => (mv.spec.artifact.uri.clone(), None),
+    };
+    let mut env = vec![
+        env_literal("MLOPS_MODEL_NAME", &isvc.spec.model),
+        env_literal("MLOPS_MODEL_VERSION", &version),
+        env_literal("MLOPS_MODEL_URI", model_uri),
+        env_literal("MLOPS_HTTP_PORT", port.to_string()),
+        EnvVar {
+            name: "POD_IP".into(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector { field_path: "status.podIP".into(), api_version: None }),
+                ..EnvVarSource::default()
+            }),
+        },
+    ];
+    if let Some(d) = &mv.spec.artifact.digest {
+        env.push(env_literal("MLOPS_MODEL_DIGEST", d));
+    }
+    let ours: Vec<String> = env.iter().map(|e| e.name.clone()).collect();
+    env.extend(rt.env.iter().filter(|e| !ours.contains(&e.name)).cloned());
+    env.extend(fault_env(mv));
+
+    let probe = |path: &str, period: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(port),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(3),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    };
+    let preset = rt.preset.unwrap_or_default();
+    let args = if !rt.args.is_empty() {
+        Some(rt.args.clone())
+    } else if preset == RuntimePreset::MlopsRuntime && rt.command.is_empty() {
+        Some(vec!["serve".into()])
+    } else {
+        None
+    };
+    let container = Container {
+        name: SERVER_CONTAINER.into(),
+        image: Some(image(isvc)),
+        command: (!rt.command.is_empty()).then(|| rt.command.clone()),
+        args,
+        env: Some(env),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: port,
+            ..ContainerPort::default()
+        }]),
+        readiness_probe: Some(probe("/v2/health/ready", 2)),
+        liveness_probe: Some(probe("/v2/health/live", 10)),
+        resources: rt.resources.clone(),
+        volume_mounts: volume.as_ref().map(|_| {
+            vec![VolumeMount {
+                name: "model".into(),
+                mount_path: PVC_MOUNT.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            }]
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Capabilities::default() }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..SeccompProfile::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
+    Deployment {
+        metadata: ObjectMeta {
+            name: Some(deployment_name(isvc, &version)),
+            namespace: isvc.namespace(),
+            labels: Some(labels.clone()),
+            owner_references: Some(vec![owner(isvc)]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector { match_labels: Some(selector), ..LabelSelector::default() },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    annotations: Some(BTreeMap::from([
+                        ("prometheus.io/scrape".into(), "true".into()),
+                        ("prometheus.io/port".into(), port.to_string()),
+                        ("prometheus.io/path".into(), "/metrics".into()),
+                    ])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    volumes: volume.map(|v| vec![v]),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..SeccompProfile::default()
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The test-only fault variables a ModelVersion asks for; anything else is ignored.
+pub fn fault_env(mv: &ModelVersion) -> Vec<EnvVar> {
+    let Some(raw) = mv.annotations().get(ANNOTATION_FAULT_ENV) else { return vec![] };
+    let Ok(map) = serde_json::from_str::<BTreeMap<String, String>>(raw) else { return vec![] };
+    map.into_iter().filter(|(k, _)| k.starts_with("MLOPS_FAULT_")).map(|(k, v)| env_literal(&k, v)).collect()
+}
+
+fn service(isvc: &InferenceService, name: String, selector: BTreeMap<String, String>) -> Service {
+    Service {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: isvc.namespace(),
+            labels: Some(
+                labels(isvc, "").into_iter().filter(|(k, _)| k != api::LABEL_MODEL_VERSION).collect(),
+            ),
+            owner_references: Some(vec![owner(isvc)]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ServiceSpec {
+            selector: Some(selector),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: isvc.spec.runtime.port(),
+                target_port: Some(IntOrString::String("http".into())),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The Service over every version (replica-weighted traffic), plus, for Gateway API
+/// routing, one Service per role that the HTTPRoute weights.
+pub fn services(isvc: &InferenceService, traffic: &Traffic) -> Vec<Service> {
+    let mut out = vec![service(isvc, isvc.name_any(), selector_labels(isvc))];
+    if traffic.gateway {
+        for (role, placement) in [(api::ROLE_STABLE, &traffic.stable), (api::ROLE_CANARY, &traffic.canary)] {
+            if let Some(p) = placement {
+                let mut sel = selector_labels(isvc);
+                sel.insert(api::LABEL_MODEL_VERSION.into(), p.version.clone());
+                out.push(service(isvc, format!("{}-{role}", isvc.name_any()), sel));
+            }
+        }
+    }
+    out
+}
+
+/// The weighted HTTPRoute for Gateway API routing.
+pub fn http_route(isvc: &InferenceService, traffic: &Traffic) -> Option<DynamicObject> {
+    let gw = isvc.spec.rollout.as_ref()?.traffic_routing.as_ref()?.gateway_api.as_ref()?;
+    let port = isvc.spec.runtime.port();
+    let backends: Vec<_> = [(api::ROLE_STABLE, &traffic.stable), (api::ROLE_CANARY, &traffic.canary)]
+        .into_iter()
+        .filter_map(|(role, p)| p.as_ref().map(|p| (role, p.weight)))
+        .map(|(role, weight)| json!({"name": format!("{}-{role}", isvc.name_any()), "port": port, "weight": weight}))
+        .collect();
+    let mut parent = json!({"name": gw.gateway_ref.name});
+    if let Some(ns) = &gw.gateway_ref.namespace {
+        parent["namespace"] = json!(ns);
+    }
+    if let Some(s) = &gw.gateway_ref.section_name {
+        parent["sectionName"] = json!(s);
+    }
+    let mut spec = json!({"parentRefs": [parent], "rules": [{"backendRefs": backends}]});
+    if !gw.hostnames.is_empty() {
+        spec["hostnames"] = json!(gw.hostnames);
+    }
+    let obj = json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {
+            "name": gw.http_route_name.clone().unwrap_or_else(|| isvc.name_any()),
+            "namespace": isvc.namespace(),
+            "labels": selector_labels(isvc),
+            "ownerReferences": [owner(isvc)],
+        },
+        "spec": spec,
+    });
+    serde_json::from_value(obj).ok()
+}
+
+/// The HorizontalPodAutoscaler scaling the InferenceService through its scale subresource.
+pub fn autoscaler(isvc: &InferenceService) -> Option<HorizontalPodAutoscaler> {
+    let a = isvc.spec.autoscaling.as_ref()?;
+    Some(HorizontalPodAutoscaler {
+        metadata: ObjectMeta {
+            name: Some(isvc.name_any()),
+            namespace: isvc.namespace(),
+            labels: Some(selector_labels(isvc)),
+            owner_references: Some(vec![owner(isvc)]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some(api::API_VERSION.into()),
+                kind: "InferenceService".into(),
+                name: isvc.name_any(),
+            },
+            min_replicas: Some(a.min_replicas.unwrap_or(DEFAULT_MIN_REPLICAS)),
+            max_replicas: a.max_replicas,
+            metrics: Some(vec![MetricSpec {
+                type_: "Resource".into(),
+                resource: Some(ResourceMetricSource {
+                    name: "cpu".into(),
+                    target: MetricTarget {
+                        type_: "Utilization".into(),
+                        average_utilization: Some(
+                            a.target_cpu_utilization_percentage.unwrap_or(DEFAULT_TARGET_CPU_UTILIZATION),
+                        ),
+                        ..MetricTarget::default()
+                    },
+                }),
+                ..MetricSpec::default()
+            }]),
+            ..HorizontalPodAutoscalerSpec::default()
+        }),
+        status: None,
+    })
+}

@@ -1,0 +1,881 @@
+//! The rollout state machine, pure: from an InferenceService's spec, its persisted status
+//! and what was observed this time (the version it should serve, ready pods, canary
+//! health, fresh metric measurements, manual annotations) to the next status, the traffic
+//! placement and the Events to publish. All state lives in status, so a restarted operator
+//! resumes exactly where it was.
+//!
+//! Life of a rollout: `Starting` (canary pods come up at the first step's weight) →
+//! `Progressing` through the steps (each waits for its pause and for a passing
+//! measurement of every metric check taken during the step) → `Baking` at 100 % (analysis
+//! continues) → promoted. Any failed check, the progress deadline or an abort sends all
+//! traffic back to the stable version (`RollingBack` until stable pods are Ready).
+
+pub mod traffic;
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+pub use self::traffic::{Placement, Traffic, placement};
+use crate::api::{
+    conditions::{self as cond, new_condition, set_condition},
+    inference_service::{
+        CanaryPhase, CanaryStatus, CheckKind, CheckStatus, CheckVerdict, DEFAULT_ANALYSIS_INTERVAL_SECONDS,
+        DEFAULT_BAKE_SECONDS, DEFAULT_FAILURE_LIMIT, DEFAULT_PROGRESS_DEADLINE_SECONDS,
+        DEFAULT_QUERY_ERROR_LIMIT, DEFAULT_SCALE_DOWN_DELAY_SECONDS, Decision, DecisionAction,
+        DeliveryStatus, FAILED_VERSIONS_LIMIT, HISTORY_LIMIT, HistoryEntry, InferenceServiceSpec,
+        InferenceServiceStatus, MEASUREMENT_LIMIT, Measurement, MetricCheck, NoDataPolicy, Rollout,
+        RolloutOutcome, StableStatus,
+    },
+};
+
+/// Name of the health check in `status.canary.analysis`.
+pub const HEALTH: &str = "health";
+
+/// The version the service should serve, resolved by the shell.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Target {
+    pub version: String,
+    /// When the change began: source commit time, else the training run's start. Lead
+    /// time runs from here to 100 % traffic.
+    pub origin: Option<Time>,
+}
+
+/// Canary pod health, computed from pod watch events by the shell.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Health {
+    Healthy,
+    /// Not failed, not yet proven (pods starting).
+    Pending(String),
+    Failed {
+        reason: &'static str,
+        value: Option<f64>,
+        bound: Option<f64>,
+        message: String,
+    },
+}
+
+/// One fresh measurement of a metric check.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Sample {
+    Value(f64),
+    NoData,
+    Error(String),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Measured {
+    pub check: String,
+    pub sample: Sample,
+}
+
+/// Manual-control annotations not yet handled: the value to record as handled.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Manual {
+    pub promote: Option<String>,
+    pub abort: Option<String>,
+    pub retry: Option<String>,
+}
+
+pub struct Observed {
+    pub target: Option<Target>,
+    /// Why there is no target, in words (no validated version yet, pin not found, ...).
+    pub target_problem: Option<String>,
+    /// The problem needs a human (a pin that cannot be served) rather than time.
+    pub target_problem_is_stalled: bool,
+    pub stable_ready: i32,
+    pub canary_ready: i32,
+    pub canary_health: Health,
+    pub measurements: Vec<Measured>,
+    pub manual: Manual,
+    pub now: Time,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Note {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// For the delivery-metric counters and histograms.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Delivered {
+    Promoted { lead_time_seconds: Option<i64> },
+    RolledBack,
+    Restored { seconds: i64 },
+}
+
+pub struct Plan {
+    pub status: InferenceServiceStatus,
+    pub traffic: Traffic,
+    pub notes: Vec<Note>,
+    pub delivered: Vec<Delivered>,
+    pub requeue: Duration,
+}
+
+/// Settings with their defaults.
+pub struct Settings<'a> {
+    pub steps: Vec<i32>,
+    pub pauses: Vec<i64>,
+    pub interval: i64,
+    pub failure_limit: i32,
+    pub query_error_limit: i32,
+    pub progress_deadline: i64,
+    pub bake: i64,
+    pub scale_down_delay: i64,
+    pub metrics: &'a [MetricCheck],
+}
+
+impl<'a> Settings<'a> {
+    pub fn of(spec: &'a InferenceServiceSpec) -> Settings<'a> {
+        static NONE: Rollout = Rollout {
+            steps: Vec::new(),
+            traffic_routing: None,
+            progress_deadline_seconds: None,
+            bake_seconds: None,
+            scale_down_delay_seconds: None,
+            analysis: None,
+        };
+        let r = spec.rollout.as_ref().unwrap_or(&NONE);
+        let a = r.analysis.as_ref();
+        Settings {
+            steps: r.steps.iter().map(|s| s.weight).collect(),
+            pauses: r.steps.iter().map(|s| s.pause_seconds.unwrap_or(0)).collect(),
+            interval: a.and_then(|a| a.interval_seconds).unwrap_or(DEFAULT_ANALYSIS_INTERVAL_SECONDS),
+            failure_limit: a.and_then(|a| a.failure_limit).unwrap_or(DEFAULT_FAILURE_LIMIT),
+            query_error_limit: a.and_then(|a| a.query_error_limit).unwrap_or(DEFAULT_QUERY_ERROR_LIMIT),
+            progress_deadline: r.progress_deadline_seconds.unwrap_or(DEFAULT_PROGRESS_DEADLINE_SECONDS),
+            bake: r.bake_seconds.unwrap_or(DEFAULT_BAKE_SECONDS),
+            scale_down_delay: r.scale_down_delay_seconds.unwrap_or(DEFAULT_SCALE_DOWN_DELAY_SECONDS),
+            metrics: a.map(|a| a.metrics.as_slice()).unwrap_or(&[]),
+        }
+    }
+
+    /// Weight of step `i`; past the last step, 100.
+    fn weight(&self, step: i32) -> i32 {
+        self.steps.get(step.max(0) as usize).copied().unwrap_or(100)
+    }
+}
+
+fn secs_between(a: &Time, b: &Time) -> i64 {
+    b.0.duration_since(a.0).as_secs()
+}
+
+/// Whether the metric checks are due for a measurement now (the shell queries Prometheus
+/// only then): a canary with traffic, and an interval passed since the last measurement.
+pub fn metrics_due(spec: &InferenceServiceSpec, status: &InferenceServiceStatus, now: &Time) -> bool {
+    let s = Settings::of(spec);
+    let Some(canary) = &status.canary else { return false };
+    if s.metrics.is_empty() || !matches!(canary.phase, CanaryPhase::Progressing | CanaryPhase::Baking) {
+        return false;
+    }
+    let last = canary
+        .analysis
+        .iter()
+        .filter(|c| c.kind == CheckKind::Metric)
+        .filter_map(|c| c.measurements.last().map(|m| m.time.clone()))
+        .max();
+    let since = last.or(canary.step_start_time.clone());
+    since.is_none_or(|t| secs_between(&t, now) >= s.interval)
+}
+
+/// The next state. See the module documentation for the life of a rollout.
+pub fn plan(
+    spec: &InferenceServiceSpec,
+    current: &InferenceServiceStatus,
+    obs: &Observed,
+    generation: Option<i64>,
+) -> Plan {
+    let s = Settings::of(spec);
+    let now = obs.now.clone();
+    let mut st = current.clone();
+    let mut notes = Vec::new();
+    let mut delivered = Vec::new();
+    let manual = st.manual_actions.get_or_insert_with(Default::default);
+
+    if let Some(v) = &obs.manual.retry {
+        manual.retry = Some(v.clone());
+        if let Some(t) = &obs.target {
+            st.failed_versions.retain(|f| f != &t.version);
+            notes.push(Note {
+                warning: false,
+                reason: "RetryRequested",
+                message: format!("retrying version {}", t.version),
+            });
+        }
+    }
+
+    // 1. A rollback in flight finishes once the stable pods carry all traffic again.
+    if let Some(c) = st.canary.clone()
+        && c.phase == CanaryPhase::RollingBack
+    {
+        let needed = placement(spec, &st, &s).stable.map(|p| p.replicas).unwrap_or(0);
+        if obs.stable_ready >= needed {
+            st.canary = None;
+            let restored = st.last_decision.as_ref().map(|d| secs_between(&d.time, &now).max(0));
+            if let Some(secs) = restored {
+                st.delivery.get_or_insert_with(Default::default).last_time_to_restore_seconds = Some(secs);
+                delivered.push(Delivered::Restored { seconds: secs });
+            }
+            notes.push(Note {
+                warning: false,
+                reason: "RollbackComplete",
+                message: format!(
+                    "all traffic is back on {} ({} s after the failed check)",
+                    st.stable.as_ref().map(|x| x.version.as_str()).unwrap_or("-"),
+                    restored.unwrap_or(0)
+                ),
+            });
+        }
+    }
+
+    // 2. Move toward the target.
+    let target = obs.target.clone();
+    let rolling_back = st.canary.as_ref().is_some_and(|c| c.phase == CanaryPhase::RollingBack);
+    if let Some(t) = &target
+        && !rolling_back
+    {
+        let failed_here = st.failed_versions.contains(&t.version);
+        match (st.stable.clone(), st.canary.clone()) {
+            (None, _) if !failed_here => {
+                // First version: nothing to compare with or fall back to; it serves at once.
+                st.stable = Some(StableStatus {
+                    version: t.version.clone(),
+                    weight: 100,
+                    promotion_time: Some(now.clone()),
+                    ..Default::default()
+                });
+                record_promotion(&mut st, t, &now, &mut delivered, &mut notes, "initial deployment");
+            }
+            (Some(stable), None) if stable.version != t.version && !failed_here => {
+                start_canary(&mut st, t, &s, &now, &mut notes);
+            }
+            (Some(stable), Some(c)) if c.version != t.version => {
+                // The target moved while a rollout was running: the old canary is superseded.
+                push_history(
+                    &mut st,
+                    &c,
+                    RolloutOutcome::Superseded,
+                    "Superseded",
+                    format!("replaced by {}", t.version),
+                    &now,
+                );
+                st.canary = None;
+                notes.push(Note {
+                    warning: false,
+                    reason: "RolloutSuperseded",
+                    message: format!("rollout of {} superseded by {}", c.version, t.version),
+                });
+                if stable.version != t.version && !failed_here {
+                    start_canary(&mut st, t, &s, &now, &mut notes);
+                } else {
+                    st.rollback_target = None;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // 3. Advance or judge the canary.
+    if let Some(mut c) = st.canary.clone()
+        && c.phase != CanaryPhase::RollingBack
+    {
+        ensure_checks(&mut c, &s);
+        apply_health(&mut c, &obs.canary_health, &now);
+        for m in &obs.measurements {
+            apply_sample(&mut c, &s, m, &now);
+        }
+        st.canary = Some(c.clone());
+        let verdict = judge(&c, &s, obs, &now);
+        match verdict {
+            Judgement::Fail(decision) => rollback(&mut st, decision, &now, &mut notes, &mut delivered),
+            Judgement::Abort(value) => {
+                st.manual_actions.get_or_insert_with(Default::default).abort = Some(value);
+                let d = Decision {
+                    action: DecisionAction::Abort,
+                    version: c.version.clone(),
+                    check: "manual".into(),
+                    value: None,
+                    bound: None,
+                    time: now.clone(),
+                    reason: "Aborted".into(),
+                    message: format!(
+                        "{} annotation: rollout of {} aborted",
+                        crate::api::ANNOTATION_ABORT,
+                        c.version
+                    ),
+                };
+                rollback(&mut st, d, &now, &mut notes, &mut delivered);
+            }
+            Judgement::Promote(how) => {
+                if let Some(v) = &obs.manual.promote {
+                    st.manual_actions.get_or_insert_with(Default::default).promote = Some(v.clone());
+                }
+                promote(&mut st, &c, &target, &now, &mut notes, &mut delivered, how);
+            }
+            Judgement::Advance => {
+                let mut c = c;
+                c.step += 1;
+                c.step_start_time = Some(now.clone());
+                c.phase = if c.step as usize >= s.steps.len() {
+                    CanaryPhase::Baking
+                } else {
+                    CanaryPhase::Progressing
+                };
+                notes.push(Note {
+                    warning: false,
+                    reason: if c.phase == CanaryPhase::Baking {
+                        "RolloutBaking"
+                    } else {
+                        "RolloutStepAdvanced"
+                    },
+                    message: format!(
+                        "{} now at {} % (step {} of {})",
+                        c.version,
+                        s.weight(c.step),
+                        c.step,
+                        s.steps.len()
+                    ),
+                });
+                st.canary = Some(c);
+            }
+            Judgement::Started => {
+                let mut c = c;
+                c.phase = if s.steps.is_empty() { CanaryPhase::Baking } else { CanaryPhase::Progressing };
+                c.step_start_time = Some(now.clone());
+                notes.push(Note {
+                    warning: false,
+                    reason: "CanaryReady",
+                    message: format!(
+                        "canary {} is Ready and receives {} % of traffic",
+                        c.version,
+                        s.weight(c.step)
+                    ),
+                });
+                st.canary = Some(c);
+            }
+            Judgement::Wait => {}
+        }
+    }
+
+    // 4. The previous stable is kept (scaled to zero) for the scale-down delay only.
+    if st.canary.is_none()
+        && let (Some(stable), Some(_)) = (&st.stable, &st.rollback_target)
+    {
+        let since = stable.promotion_time.clone().unwrap_or(now.clone());
+        if secs_between(&since, &now) >= s.scale_down_delay {
+            st.rollback_target = None;
+        }
+    }
+
+    // 5. Traffic, observed replica counts, conditions.
+    let traffic = placement(spec, &st, &s);
+    if let Some(stable) = st.stable.as_mut() {
+        stable.weight = traffic.stable.as_ref().map(|p| p.weight).unwrap_or(0);
+        stable.replicas = traffic.stable.as_ref().map(|p| p.replicas).unwrap_or(0);
+        stable.ready_replicas = obs.stable_ready;
+    }
+    if let Some(c) = st.canary.as_mut() {
+        c.weight = traffic.canary.as_ref().map(|p| p.weight).unwrap_or(0);
+        c.replicas = traffic.canary.as_ref().map(|p| p.replicas).unwrap_or(0);
+        c.ready_replicas = obs.canary_ready;
+    }
+    st.replicas = obs.stable_ready + obs.canary_ready;
+    conditions(&mut st, obs, &target, generation, &now);
+    st.observed_generation = generation;
+    let requeue = next_check(&st, &s, &now);
+    Plan { status: st, traffic, notes, delivered, requeue }
+}
+
+enum Judgement {
+    Wait,
+    Started,
+    Advance,
+    Promote(&'static str),
+    Abort(String),
+    Fail(Decision),
+}
+
+fn judge(c: &CanaryStatus, s: &Settings, obs: &Observed, now: &Time) -> Judgement {
+    let decision =
+        |check: &str, reason: &str, value: Option<f64>, bound: Option<f64>, message: String| Decision {
+            action: DecisionAction::Rollback,
+            version: c.version.clone(),
+            check: check.into(),
+            value,
+            bound,
+            time: now.clone(),
+            reason: reason.into(),
+            message,
+        };
+    if let Some(v) = &obs.manual.abort {
+        return Judgement::Abort(v.clone());
+    }
+    if let Health::Failed { reason, value, bound, message } = &obs.canary_health {
+        return Judgement::Fail(decision(HEALTH, reason, *value, *bound, message.clone()));
+    }
+    for check in c.analysis.iter().filter(|k| k.kind == CheckKind::Metric) {
+        let last = check.measurements.last();
+        if check.failures > s.failure_limit {
+            let spec = s.metrics.iter().find(|m| m.name == check.name);
+            let value = last.and_then(|m| m.value);
+            let bound = spec.and_then(|m| violated_bound(m, value));
+            let msg = last.map(|m| m.message.clone()).unwrap_or_default();
+            return Judgement::Fail(decision(
+                &check.name,
+                "MetricCheckFailed",
+                value,
+                bound,
+                format!(
+                    "{} failed {} time(s), more than failureLimit {}: {msg}",
+                    check.name, check.failures, s.failure_limit
+                ),
+            ));
+        }
+        if check.query_errors > s.query_error_limit {
+            let msg = last.map(|m| m.message.clone()).unwrap_or_default();
+            return Judgement::Fail(decision(
+                &check.name,
+                "QueryErrorLimitExceeded",
+                None,
+                None,
+                format!(
+                    "{} query failed {} time(s) in a row, more than queryErrorLimit {}: {msg}",
+                    check.name, check.query_errors, s.query_error_limit
+                ),
+            ));
+        }
+    }
+    let step_start = c.step_start_time.clone().or(c.start_time.clone()).unwrap_or(now.clone());
+    let in_step = secs_between(&step_start, now);
+    let pause = if c.phase == CanaryPhase::Baking {
+        s.bake
+    } else {
+        s.pauses.get(c.step as usize).copied().unwrap_or(0)
+    };
+    if obs.manual.promote.is_some() {
+        return Judgement::Promote("promoted by the mlops.dev/promote annotation");
+    }
+    if in_step > pause + s.progress_deadline {
+        let what = match c.phase {
+            CanaryPhase::Starting => "canary pods did not become Ready".to_string(),
+            _ => format!("no passing analysis at step {} (waiting for data?)", c.step),
+        };
+        return Judgement::Fail(decision(
+            "progressDeadline",
+            "ProgressDeadlineExceeded",
+            Some(in_step as f64),
+            Some((pause + s.progress_deadline) as f64),
+            format!("{what} within {} s", pause + s.progress_deadline),
+        ));
+    }
+    match c.phase {
+        CanaryPhase::Starting => {
+            if obs.canary_ready >= 1 && obs.canary_health == Health::Healthy {
+                Judgement::Started
+            } else {
+                Judgement::Wait
+            }
+        }
+        CanaryPhase::Progressing | CanaryPhase::Baking => {
+            let ready = obs.canary_health == Health::Healthy;
+            let proven = if s.metrics.is_empty() {
+                in_step >= s.interval.min(pause.max(1))
+            } else {
+                s.metrics.iter().all(|m| passed_since(c, &m.name, &step_start))
+            };
+            if ready && proven && in_step >= pause {
+                if c.phase == CanaryPhase::Baking {
+                    Judgement::Promote("finished its bake with passing analysis")
+                } else {
+                    Judgement::Advance
+                }
+            } else {
+                Judgement::Wait
+            }
+        }
+        CanaryPhase::RollingBack => Judgement::Wait,
+    }
+}
+
+/// Whether check `name` has a passing measurement taken during the current step.
+fn passed_since(c: &CanaryStatus, name: &str, since: &Time) -> bool {
+    c.analysis
+        .iter()
+        .find(|k| k.name == name)
+        .is_some_and(|k| k.measurements.iter().any(|m| &m.time >= since && m.verdict == CheckVerdict::Passed))
+}
+
+fn violated_bound(m: &MetricCheck, value: Option<f64>) -> Option<f64> {
+    match value {
+        Some(v) if m.max.is_some_and(|max| v > max) => m.max,
+        Some(v) if m.min.is_some_and(|min| v < min) => m.min,
+        _ => m.max.or(m.min),
+    }
+}
+
+fn ensure_checks(c: &mut CanaryStatus, s: &Settings) {
+    if !c.analysis.iter().any(|k| k.name == HEALTH) {
+        c.analysis
+            .insert(0, CheckStatus { name: HEALTH.into(), kind: CheckKind::Health, ..Default::default() });
+    }
+    for m in s.metrics {
+        if !c.analysis.iter().any(|k| k.name == m.name) {
+            c.analysis.push(CheckStatus {
+                name: m.name.clone(),
+                kind: CheckKind::Metric,
+                ..Default::default()
+            });
+        }
+    }
+}
+
+fn push_measurement(check: &mut CheckStatus, m: Measurement) {
+    check.measurements.push(m);
+    let excess = check.measurements.len().saturating_sub(MEASUREMENT_LIMIT);
+    check.measurements.drain(..excess);
+}
+
+fn apply_health(c: &mut CanaryStatus, health: &Health, now: &Time) {
+    let Some(check) = c.analysis.iter_mut().find(|k| k.name == HEALTH) else { return };
+    let (verdict, value, message) = match health {
+        Health::Healthy => (CheckVerdict::Passed, None, "canary pods are Ready".to_string()),
+        Health::Pending(m) => (CheckVerdict::NoData, None, m.clone()),
+        Health::Failed { value, message, .. } => (CheckVerdict::Failed, *value, message.clone()),
+    };
+    // Health is event-driven: record a measurement only when it changes.
+    let changed = check.measurements.last().is_none_or(|m| m.verdict != verdict || m.message != message);
+    if changed {
+        if verdict == CheckVerdict::Failed {
+            check.failures += 1;
+        }
+        check.verdict = Some(verdict);
+        push_measurement(check, Measurement { time: now.clone(), value, verdict, message });
+    }
+}
+
+fn apply_sample(c: &mut CanaryStatus, s: &Settings, m: &Measured, now: &Time) {
+    let Some(spec) = s.metrics.iter().find(|x| x.name == m.check) else { return };
+    let Some(check) = c.analysis.iter_mut().find(|k| k.name == m.check) else { return };
+    let bounds = describe_bounds(spec);
+    let (verdict, value, message) = match &m.sample {
+        Sample::Value(v) if !v.is_finite() => {
+            (CheckVerdict::Failed, None, format!("{} is {v}, not a number", spec.name))
+        }
+        Sample::Value(v) => {
+            let ok = spec.min.is_none_or(|min| *v >= min) && spec.max.is_none_or(|max| *v <= max);
+            let word = if ok { "within" } else { "outside" };
+            (
+                if ok { CheckVerdict::Passed } else { CheckVerdict::Failed },
+                Some(*v),
+                format!("{} = {} {word} {bounds}", spec.name, round(*v),),
+            )
+        }
+        Sample::NoData => match spec.on_no_data {
+            NoDataPolicy::Pass => (CheckVerdict::Passed, None, "no data; onNoData: Pass".to_string()),
+            NoDataPolicy::Fail => (CheckVerdict::Failed, None, "no data; onNoData: Fail".to_string()),
+            NoDataPolicy::Wait => (CheckVerdict::NoData, None, "no data yet; onNoData: Wait".to_string()),
+        },
+        Sample::Error(e) => (CheckVerdict::Error, None, format!("query failed: {e}")),
+    };
+    match verdict {
+        CheckVerdict::Failed => check.failures += 1,
+        CheckVerdict::Error => check.query_errors += 1,
+        _ => check.query_errors = 0,
+    }
+    if verdict == CheckVerdict::NoData {
+        check.no_data_since.get_or_insert_with(|| now.clone());
+    } else if verdict != CheckVerdict::Error {
+        check.no_data_since = None;
+    }
+    check.verdict = Some(verdict);
+    push_measurement(check, Measurement { time: now.clone(), value, verdict, message });
+}
+
+fn describe_bounds(m: &MetricCheck) -> String {
+    match (m.min, m.max) {
+        (Some(a), Some(b)) => format!("[{}, {}]", round(a), round(b)),
+        (Some(a), None) => format!(">= {}", round(a)),
+        (None, Some(b)) => format!("<= {}", round(b)),
+        (None, None) => "no bounds".into(),
+    }
+}
+
+fn round(v: f64) -> String {
+    let s = format!("{v:.6}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+fn start_canary(
+    st: &mut InferenceServiceStatus,
+    t: &Target,
+    s: &Settings,
+    now: &Time,
+    notes: &mut Vec<Note>,
+) {
+    let mut c = CanaryStatus {
+        version: t.version.clone(),
+        step: 0,
+        phase: CanaryPhase::Starting,
+        start_time: Some(now.clone()),
+        step_start_time: Some(now.clone()),
+        ..Default::default()
+    };
+    ensure_checks(&mut c, s);
+    st.rollback_target = st.stable.as_ref().map(|x| x.version.clone());
+    notes.push(Note {
+        warning: false,
+        reason: "RolloutStarted",
+        message: format!(
+            "rolling out {} over {} step(s), stable {} keeps serving",
+            t.version,
+            s.steps.len(),
+            st.stable.as_ref().map(|x| x.version.as_str()).unwrap_or("-")
+        ),
+    });
+    st.canary = Some(c);
+}
+
+fn push_history(
+    st: &mut InferenceServiceStatus,
+    c: &CanaryStatus,
+    outcome: RolloutOutcome,
+    reason: &str,
+    message: String,
+    now: &Time,
+) {
+    st.history.push(HistoryEntry {
+        version: c.version.clone(),
+        start_time: c.start_time.clone(),
+        completion_time: Some(now.clone()),
+        outcome,
+        reason: Some(reason.into()),
+        message: Some(message),
+    });
+    let excess = st.history.len().saturating_sub(HISTORY_LIMIT);
+    st.history.drain(..excess);
+}
+
+fn record_promotion(
+    st: &mut InferenceServiceStatus,
+    t: &Target,
+    now: &Time,
+    delivered: &mut Vec<Delivered>,
+    notes: &mut Vec<Note>,
+    how: &str,
+) {
+    let lead = t.origin.as_ref().map(|o| secs_between(o, now).max(0));
+    let d = st.delivery.get_or_insert_with(DeliveryStatus::default);
+    d.deployments += 1;
+    d.last_deployment_time = Some(now.clone());
+    d.last_lead_time_seconds = lead;
+    d.change_failure_rate = Some(d.failed_deployments as f64 / (d.deployments + d.failed_deployments) as f64);
+    delivered.push(Delivered::Promoted { lead_time_seconds: lead });
+    notes.push(Note {
+        warning: false,
+        reason: "Promoted",
+        message: format!("{} serves all traffic: {how}", t.version),
+    });
+}
+
+fn promote(
+    st: &mut InferenceServiceStatus,
+    c: &CanaryStatus,
+    target: &Option<Target>,
+    now: &Time,
+    notes: &mut Vec<Note>,
+    delivered: &mut Vec<Delivered>,
+    how: &str,
+) {
+    let previous = st.stable.as_ref().map(|x| x.version.clone());
+    push_history(st, c, RolloutOutcome::Promoted, "Promoted", how.to_string(), now);
+    st.last_decision = Some(Decision {
+        action: DecisionAction::Promote,
+        version: c.version.clone(),
+        check: if how.contains("annotation") { "manual".into() } else { String::new() },
+        value: None,
+        bound: None,
+        time: now.clone(),
+        reason: "Promoted".into(),
+        message: how.to_string(),
+    });
+    st.stable = Some(StableStatus {
+        version: c.version.clone(),
+        weight: 100,
+        promotion_time: Some(now.clone()),
+        ..Default::default()
+    });
+    st.canary = None;
+    // The previous stable stays (scaled to zero) as the revert target for the delay.
+    st.rollback_target = previous;
+    let t = target
+        .clone()
+        .filter(|t| t.version == c.version)
+        .unwrap_or(Target { version: c.version.clone(), origin: None });
+    record_promotion(st, &t, now, delivered, notes, how);
+}
+
+fn rollback(
+    st: &mut InferenceServiceStatus,
+    d: Decision,
+    now: &Time,
+    notes: &mut Vec<Note>,
+    delivered: &mut Vec<Delivered>,
+) {
+    let Some(mut c) = st.canary.clone() else { return };
+    let outcome =
+        if d.action == DecisionAction::Abort { RolloutOutcome::Aborted } else { RolloutOutcome::RolledBack };
+    push_history(st, &c, outcome, &d.reason, d.message.clone(), now);
+    if !st.failed_versions.contains(&c.version) {
+        st.failed_versions.push(c.version.clone());
+        let excess = st.failed_versions.len().saturating_sub(FAILED_VERSIONS_LIMIT);
+        st.failed_versions.drain(..excess);
+    }
+    let delivery = st.delivery.get_or_insert_with(DeliveryStatus::default);
+    delivery.failed_deployments += 1;
+    delivery.change_failure_rate = Some(
+        delivery.failed_deployments as f64 / (delivery.deployments + delivery.failed_deployments) as f64,
+    );
+    delivered.push(Delivered::RolledBack);
+    let measured = match (d.value, d.bound) {
+        (Some(v), Some(b)) => format!(" (measured {}, bound {})", round(v), round(b)),
+        _ => String::new(),
+    };
+    notes.push(Note {
+        warning: true,
+        reason: if outcome == RolloutOutcome::Aborted { "RolloutAborted" } else { "RolledBack" },
+        message: format!(
+            "{} rolled back to {} by check {}: {}{measured}",
+            c.version,
+            st.stable.as_ref().map(|x| x.version.as_str()).unwrap_or("-"),
+            d.check,
+            d.message
+        ),
+    });
+    c.phase = CanaryPhase::RollingBack;
+    st.canary = Some(c);
+    st.last_decision = Some(d);
+}
+
+fn conditions(
+    st: &mut InferenceServiceStatus,
+    obs: &Observed,
+    target: &Option<Target>,
+    generation: Option<i64>,
+    now: &Time,
+) {
+    let set = |conds: &mut Vec<_>, type_: &str, value: bool, reason: &str, message: String| {
+        set_condition(
+            conds,
+            new_condition(type_, cond::status_str(value), reason, message, generation, now.clone()),
+            now.clone(),
+        );
+    };
+    let mut conds = std::mem::take(&mut st.conditions);
+    let stable = st.stable.clone();
+    let serving =
+        stable.as_ref().is_some_and(|x| x.ready_replicas > 0 || x.replicas == 0 && obs.canary_ready > 0);
+    let failed_target = target.as_ref().filter(|t| {
+        st.failed_versions.contains(&t.version) && stable.as_ref().is_none_or(|x| x.version != t.version)
+    });
+    let progressing = st.canary.as_ref().map(|c| (c.version.clone(), c.phase, c.weight));
+
+    match &progressing {
+        Some((v, CanaryPhase::RollingBack, _)) => set(
+            &mut conds,
+            cond::PROGRESSING,
+            false,
+            "RollingBack",
+            format!("returning traffic from {v} to the stable version"),
+        ),
+        Some((v, phase, w)) => {
+            set(&mut conds, cond::PROGRESSING, true, "RolloutInProgress", format!("{v}: {phase:?} at {w} %"))
+        }
+        None => set(&mut conds, cond::PROGRESSING, false, "Idle", "no rollout in progress".into()),
+    }
+    let degraded_msg = match (failed_target, &st.last_decision) {
+        (Some(t), Some(d)) if d.version == t.version => Some(format!(
+            "{} failed here ({}: {}); {} keeps serving until a newer version exists or {} is set",
+            t.version,
+            d.reason,
+            d.message,
+            stable.as_ref().map(|x| x.version.as_str()).unwrap_or("nothing"),
+            crate::api::ANNOTATION_RETRY
+        )),
+        (Some(t), _) => {
+            Some(format!("{} failed here; set {} to try again", t.version, crate::api::ANNOTATION_RETRY))
+        }
+        _ => None,
+    };
+    match &degraded_msg {
+        Some(m) => set(&mut conds, cond::DEGRADED, true, "VersionFailed", m.clone()),
+        None => set(
+            &mut conds,
+            cond::DEGRADED,
+            false,
+            "Healthy",
+            "the desired version serves or is rolling out".into(),
+        ),
+    }
+    let stalled = obs.target_problem_is_stalled.then(|| obs.target_problem.clone().unwrap_or_default());
+    match &stalled {
+        Some(m) => set(&mut conds, cond::STALLED, true, "TargetUnavailable", m.clone()),
+        None => set(&mut conds, cond::STALLED, false, "Reconciled", "nothing needs a human".into()),
+    }
+    let busy = progressing.is_some() || stable.as_ref().is_some_and(|x| x.ready_replicas < x.replicas);
+    set(
+        &mut conds,
+        cond::RECONCILING,
+        busy,
+        if busy { "Progressing" } else { "Reconciled" },
+        if busy { "pods or traffic are still moving".into() } else { "traffic is where it should be".into() },
+    );
+    let (ready, reason, msg) = match (&stable, serving) {
+        (None, _) => (
+            false,
+            "NoVersion",
+            obs.target_problem.clone().unwrap_or_else(|| "no version to serve yet".into()),
+        ),
+        (Some(x), false) => (false, "NotReady", format!("{} has no Ready pod yet", x.version)),
+        (Some(x), true) => match (&degraded_msg, &progressing) {
+            (Some(m), _) => (true, "ServingPrevious", m.clone()),
+            (None, Some((v, _, w))) => {
+                (true, "Serving", format!("{} serves; {v} is canary at {w} %", x.version))
+            }
+            (None, None) => (true, "Serving", format!("{} serves all traffic", x.version)),
+        },
+    };
+    set(&mut conds, cond::READY, ready, reason, msg);
+    st.conditions = conds;
+}
+
+/// When to look again: the next analysis or step deadline while a rollout runs; the end of
+/// the scale-down delay; otherwise only on watch events (with a slow safety net).
+fn next_check(st: &InferenceServiceStatus, s: &Settings, now: &Time) -> Duration {
+    if let Some(c) = &st.canary {
+        let mut wait = s.interval.max(1);
+        if let Some(start) = &c.step_start_time {
+            let pause = if c.phase == CanaryPhase::Baking {
+                s.bake
+            } else {
+                s.pauses.get(c.step as usize).copied().unwrap_or(0)
+            };
+            let left = pause - secs_between(start, now);
+            if left > 0 {
+                wait = wait.min(left);
+            }
+        }
+        return Duration::from_secs(wait.clamp(1, 30) as u64);
+    }
+    if let (Some(stable), Some(_)) = (&st.stable, &st.rollback_target)
+        && let Some(t) = &stable.promotion_time
+    {
+        let left = s.scale_down_delay - secs_between(t, now);
+        return Duration::from_secs(left.clamp(1, 300) as u64);
+    }
+    Duration::from_secs(300)
+}
+
+#[cfg(test)]
+mod tests;
