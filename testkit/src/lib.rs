@@ -273,8 +273,13 @@ impl Operator {
         std::fs::create_dir_all(&dir).expect("log dir");
         let log = dir.join(format!("{namespace}-{port}.log"));
         let file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(binary)
-            .args(["run", "--metrics-addr", &metrics_addr.to_string(), "--watch-namespace", namespace])
+        let mut cmd = Command::new(binary);
+        cmd.args(["run", "--metrics-addr", &metrics_addr.to_string(), "--watch-namespace", namespace]);
+        // The local cluster's Prometheus (hack/prometheus.sh) measures metric checks.
+        if let Some(url) = prometheus_url() {
+            cmd.args(["--prometheus-url", &url]);
+        }
+        let child = cmd
             .args(["--namespace", namespace, "--lease-duration-seconds", "6", "--lease-retry-seconds", "1"])
             .args(extra)
             .env("KUBECONFIG", kubeconfig_path())
@@ -329,6 +334,14 @@ impl Drop for Operator {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The local cluster's Prometheus URL, from `.dev/prometheus-url` (written by
+/// hack/prometheus.sh), or `MLOPS_PROMETHEUS_URL`.
+pub fn prometheus_url() -> Option<String> {
+    std::env::var("MLOPS_PROMETHEUS_URL").ok().or_else(|| {
+        std::fs::read_to_string(repo_root().join(".dev/prometheus-url")).ok().map(|s| s.trim().to_string())
+    })
 }
 
 /// A plain HTTP/1.1 GET on loopback; the body, or `None` on any failure or non-200.
