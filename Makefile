@@ -25,10 +25,21 @@ cluster-down: ## stop the local cluster and everything it started
 	hack/cluster.sh down
 
 .PHONY: generate
-generate: ## regenerate committed generated files (CRDs)
-	mkdir -p crds
-	cargo run --quiet --bin mlops-operator -- crd > crds/mlops.dev.yaml
+generate: ## regenerate committed generated files (CRDs, the chart's CRD copy, manifests/install.yaml)
+	hack/verify-generated.sh --update
 
 .PHONY: verify
-verify: ## fail when generated files drift
+verify: ## fail when generated files drift; lint, render and dry-run the chart on the local cluster
 	hack/verify-generated.sh
+	hack/verify-chart.sh
+
+# ---- local node agent and Prometheus (owned by the node-agent work; see node/README.md) ----
+.PHONY: node-up prometheus-up prometheus-down
+node-up: ## rebuild and restart the local node agent (and Prometheus) on the running cluster
+	hack/cluster.sh node-up
+
+prometheus-up: ## start Prometheus for the local cluster; URL in .dev/prometheus-url
+	hack/prometheus.sh up
+
+prometheus-down: ## stop Prometheus
+	hack/prometheus.sh down

@@ -146,7 +146,8 @@ up() {
     --service-account-private-key-file "$p/sa.key" --root-ca-file "$p/ca.crt" \
     --cluster-signing-cert-file "$p/ca.crt" --cluster-signing-key-file "$p/ca.key" \
     --leader-elect=false --bind-address 127.0.0.1 --secure-port "$KCM_PORT" \
-    --kube-api-qps 200 --kube-api-burst 400 --node-monitor-grace-period 60s
+    --kube-api-qps 200 --kube-api-burst 400 --node-monitor-grace-period 60s \
+    --controllers '*,-endpoints-controller,-endpointslice-controller,-endpointslice-mirroring-controller'
   start kube-scheduler kube-scheduler --kubeconfig "$kubeconfig" \
     --authentication-kubeconfig "$kubeconfig" --authorization-kubeconfig "$kubeconfig" \
     --leader-elect=false --bind-address 127.0.0.1 --secure-port "$SCHED_PORT" \
@@ -175,10 +176,13 @@ up() {
 #   MLOPS_NODE_BACKOFF_BASE  first CrashLoopBackOff delay in seconds (default 2; kubelet: 10)
 #   MLOPS_RUNTIME_BIN        the executable that plays the mlops-runtime image
 #   MLOPS_NODE_IMAGES        an image map of your own (default: .dev/node/images.yaml, generated)
+#   MLOPS_NODE_CPU, MLOPS_NODE_MEMORY  what the node advertises (default 32 and 64Gi: requests
+#                            are only bookkeeping here, so a small machine can still schedule
+#                            the parallel tests' pods; empty = the host's real capacity)
 node_up() {
-  local target=${MLOPS_NODE_TARGET_DIR:-$root/target/node-agent}
-  log "building the local node agent (mlops-node)"
-  (cd "$root" && CARGO_TARGET_DIR=$target cargo build --quiet -p mlops-node)
+  local target=${MLOPS_NODE_TARGET_DIR:-$root/target}
+  log "building the local node agent (mlops-node) and the runtime its pods run"
+  (cd "$root" && CARGO_TARGET_DIR=$target cargo build --quiet -p mlops-node -p mlops-runtime)
   local node_dir=$dev/node p=$state/pki
   mkdir -p "$node_dir" "$state/pids" "$state/logs"
   if [[ -f $state/pids/mlops-node ]]; then
@@ -212,16 +216,20 @@ IMAGES
     openssl x509 -req -in "$p/node.csr" -CA "$p/ca.crt" -CAkey "$p/ca.key" -CAcreateserial \
       -days 3650 -extfile "$p/node.ext" -out "$p/node.crt" 2>/dev/null
   fi
+  local capacity=() cpu=${MLOPS_NODE_CPU-32} memory=${MLOPS_NODE_MEMORY-64Gi}
+  if [[ -n $cpu ]]; then capacity+=(--cpu "$cpu"); fi
+  if [[ -n $memory ]]; then capacity+=(--memory "$memory"); fi
   local kubelet_port; kubelet_port=$(free_port)
   sed -i '/^KUBELET_PORT=/d' "$state/ports"; echo "KUBELET_PORT=$kubelet_port" >>"$state/ports"
   start mlops-node "$target/debug/mlops-node" --kubeconfig "$kubeconfig" --node-name local-node \
     --images "$images" --state-dir "$node_dir" --services-dir "$dev/services" \
     --backoff-base-seconds "${MLOPS_NODE_BACKOFF_BASE:-2}" \
+    "${capacity[@]}" \
     --kubelet-port "$kubelet_port" --kubelet-cert "$p/node.crt" --kubelet-key "$p/node.key"
   kubectl --kubeconfig "$kubeconfig" wait --for=condition=Ready node/local-node --timeout=60s >/dev/null \
     || { log "node local-node did not become Ready; see $state/logs/mlops-node.log"; tail -20 "$state/logs/mlops-node.log" >&2; exit 1; }
   log "node local-node is Ready (pods run as host processes; logs in .dev/node/pods/)"
-  "$root/hack/prometheus.sh" up
+  "$root/hack/prometheus.sh" up || log "Prometheus did not start: tests that query it will fail (hack/ensure-deps.sh installs it)"
 }
 
 # KWOK's stock lifecycle stages (node ready + lease heartbeat; pods ready, completed,
@@ -239,13 +247,13 @@ kwok_stages() {
   done
 }
 
-# Processes of the pods the node agent ran carry MLOPS_LOCAL_NODE_AGENT in their environment
+# Processes of the pods the node agent ran carry MLOPS_LOCAL_NODE_AGENT=<its state dir>
 # (the agent kills them when it stops; this catches any an agent that crashed left behind).
 kill_node_processes() {
   local f pid
   for f in /proc/[0-9]*/environ; do
     pid=${f#/proc/}; pid=${pid%/environ}
-    if tr '\0' '\n' <"$f" 2>/dev/null | grep -qx 'MLOPS_LOCAL_NODE_AGENT=local-node'; then
+    if tr '\0' '\n' 2>/dev/null <"$f" | grep -qxF "MLOPS_LOCAL_NODE_AGENT=$dev/node"; then
       kill -KILL "$pid" 2>/dev/null || true
     fi
   done

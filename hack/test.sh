@@ -28,9 +28,10 @@ cleanup() { if ((started)); then step "stopping the cluster"; hack/cluster.sh do
 trap cleanup EXIT
 if ! hack/cluster.sh status; then
   step "starting the local cluster"
-  hack/cluster.sh up
   started=1
 fi
+# Also on a running cluster: makes sure its node agent and Prometheus run (no-op if they do).
+hack/cluster.sh up
 export KUBECONFIG=$root/.dev/kubeconfig
 
 step "tests"

@@ -171,6 +171,16 @@ async fn crashing_container_reaches_crash_loop_back_off() {
     assert_eq!(v["status"]["phase"], "Running");
     let before = restarts(&first);
     wait_for(&pods, "crash", WAIT, "a growing restart count", |p| restarts(p) > before).await;
+    // The node records the back-off as an Event on the pod, as a kubelet does.
+    let events = env.api::<k8s_openapi::api::events::v1::Event>();
+    wait_until(WAIT, "a BackOff event for the pod", || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items.into_iter().find(|e| {
+            e.reason.as_deref() == Some("BackOff")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("crash")
+        })
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -475,4 +485,41 @@ async fn failing_liveness_probe_restarts_the_container() {
     .await;
     let last = &pod_json(&p)["status"]["containerStatuses"][0]["lastState"]["terminated"];
     assert_eq!(last["exitCode"], 143, "killed by SIGTERM: {last}");
+}
+
+#[tokio::test]
+async fn environment_comes_from_config_maps_secrets_and_field_refs() {
+    let Some(env) = TestEnv::start("node-env").await else { return };
+    let _: k8s_openapi::api::core::v1::ConfigMap =
+        create(&env.api(), json!({"metadata": {"name": "settings"}, "data": {"mode": "fast"}})).await;
+    let _: k8s_openapi::api::core::v1::Secret =
+        create(&env.api(), json!({"metadata": {"name": "creds"}, "stringData": {"token": "s3cret"}})).await;
+    let pods = env.api::<Pod>();
+    create(
+        &pods,
+        json!({
+            "metadata": {"name": "envpod"},
+            "spec": {"restartPolicy": "Never", "containers": [{
+                "name": "main", "image": "busybox",
+                "command": ["sh", "-c", "printf '%s|%s|%s|%s|%s|%s' \"$MODE\" \"$TOKEN\" \"$NAME\" \"$NS\" \"$IP\" \"$URL\" > \"$MLOPS_TERMINATION_MESSAGE_PATH\""],
+                "env": [
+                    {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "mode"}}},
+                    {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
+                    {"name": "NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                    {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                    {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                    {"name": "URL", "value": "http://$(IP):8080"}
+                ]
+            }]}
+        }),
+    )
+    .await;
+    let p =
+        wait_for(&pods, "envpod", WAIT, "Succeeded", |p| pod_json(p)["status"]["phase"] == "Succeeded").await;
+    let v = pod_json(&p);
+    let ip = v["status"]["podIP"].as_str().unwrap();
+    assert_eq!(
+        v["status"]["containerStatuses"][0]["state"]["terminated"]["message"],
+        format!("fast|s3cret|envpod|{}|{ip}|http://{ip}:8080", env.namespace)
+    );
 }

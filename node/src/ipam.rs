@@ -20,6 +20,12 @@ impl Default for IpPool {
 }
 
 impl IpPool {
+    /// A pool whose round-robin cursor starts `offset` addresses in, so that an agent
+    /// restarted while pods still carry addresses is unlikely to hand one out again.
+    pub fn starting_at(offset: u32) -> IpPool {
+        IpPool { used: BTreeSet::new(), next: FIRST + offset % (LAST - FIRST + 1) }
+    }
+
     /// Whether an address is one this pool hands out (and so may be reused when a pod
     /// already carries it from an earlier run of the agent).
     pub fn in_range(ip: Ipv4Addr) -> bool {
@@ -73,6 +79,16 @@ mod tests {
             assert!(o[1] >= 1);
             assert!(o[3] != 0 && o[3] != 255);
         }
+    }
+
+    #[test]
+    fn offset_start_wraps_into_range() {
+        let mut pool = IpPool::starting_at(u32::MAX);
+        let ip = pool.allocate().unwrap();
+        assert!(IpPool::in_range(ip), "{ip}");
+        let mut pool = IpPool::starting_at(LAST - FIRST);
+        assert_eq!(pool.allocate().unwrap(), Ipv4Addr::from(LAST));
+        assert_eq!(pool.allocate().unwrap(), Ipv4Addr::from(FIRST));
     }
 
     #[test]

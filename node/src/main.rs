@@ -2,11 +2,12 @@
 //! the containers of the pods bound to it as host processes (no isolation: this is not a
 //! kubelet), and exposes Services as TCP proxies on 127.0.0.1.
 //!
-//! Layout: `node` keeps the Node and its Lease alive; `pods` runs pods (with `env`,
-//! `probe`, `process`, `status` as its parts); `services` runs the Service proxies;
+//! Layout: `node` keeps the Node and its Lease alive; `pods` runs pods (with `container`,
+//! `env`, `probe`, `process`, `status` as its parts); `services` runs the Service proxies;
 //! `kubelet` serves `kubectl logs`; `images`, `ipam` and `backoff` are small pure pieces.
 
 mod backoff;
+mod container;
 mod env;
 mod images;
 mod ipam;
@@ -62,6 +63,13 @@ struct Args {
     /// The node's address (loopback only).
     #[arg(long, default_value = "127.0.0.1")]
     address: String,
+    /// CPU the node advertises (default: the host's CPU count). Only the scheduler's
+    /// bookkeeping: processes are not limited.
+    #[arg(long)]
+    cpu: Option<String>,
+    /// Memory the node advertises (default: the host's MemTotal), e.g. 64Gi.
+    #[arg(long)]
+    memory: Option<String>,
     /// Pods the node advertises room for.
     #[arg(long, default_value_t = 110)]
     max_pods: u32,
@@ -80,6 +88,14 @@ struct Args {
     kubelet_key: Option<PathBuf>,
 }
 
+/// Where the pod address cursor starts: a different place per agent start (in steps of
+/// 256 so the addresses stay easy to read).
+fn ip_offset() -> u32 {
+    let secs =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    ((secs % 60_000) as u32) * 256
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -92,10 +108,6 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if !args.address.starts_with("127.") {
         anyhow::bail!("--address must be a loopback address, got {}", args.address);
-    }
-    let leftovers = process::kill_marked(&args.node_name);
-    if leftovers > 0 {
-        warn!(leftovers, "killed processes left behind by an earlier agent");
     }
     let config = match &args.kubeconfig {
         Some(path) => {
@@ -112,13 +124,26 @@ async fn main() -> anyhow::Result<()> {
     info!(mappings = images.images.len(), "image map loaded");
     let state_dir = std::path::absolute(&args.state_dir)?;
     std::fs::create_dir_all(&state_dir)?;
+    // Processes are marked with the state directory, unique per agent (two checkouts may
+    // each run a node called local-node).
+    let marker = state_dir.display().to_string();
+    let leftovers = process::kill_marked(&marker);
+    if leftovers > 0 {
+        warn!(leftovers, "killed processes left behind by an earlier agent");
+    }
     let services_dir = std::path::absolute(&args.services_dir)?;
 
     let kubelet_port = match (&args.kubelet_cert, &args.kubelet_key, args.kubelet_port) {
         (Some(_), Some(_), p) if p != 0 => Some(p),
         _ => None,
     };
-    let info = node::NodeInfo::from_host(&args.node_name, &args.address, kubelet_port, args.max_pods);
+    let mut info = node::NodeInfo::from_host(&args.node_name, &args.address, kubelet_port, args.max_pods);
+    if let Some(cpu) = &args.cpu {
+        info.cpu = cpu.clone();
+    }
+    if let Some(memory) = &args.memory {
+        info.memory = memory.clone();
+    }
     node::register(&client, &info).await?;
 
     let agent = Arc::new(pods::Agent {
@@ -132,9 +157,16 @@ async fn main() -> anyhow::Result<()> {
             max: Duration::from_secs_f64(args.backoff_max_seconds.max(args.backoff_base_seconds).max(0.0)),
         },
         spawner: process::Spawner::new(tokio::runtime::Handle::current()),
-        ips: Mutex::new(ipam::IpPool::default()),
+        ips: Mutex::new(ipam::IpPool::starting_at(ip_offset())),
         hostnames: Mutex::new(Default::default()),
         shutting_down: AtomicBool::new(false),
+        recorder: kube::runtime::events::Recorder::new(
+            client.clone(),
+            kube::runtime::events::Reporter {
+                controller: "mlops-node".into(),
+                instance: Some(args.node_name.clone()),
+            },
+        ),
     });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -172,7 +204,7 @@ async fn main() -> anyhow::Result<()> {
     store_task.abort();
     let _ = heartbeat.await;
     // Anything that escaped its process group still carries the marker.
-    let stragglers = process::kill_marked(&args.node_name);
+    let stragglers = process::kill_marked(&marker);
     info!(stragglers, "node agent stopped");
     Ok(())
 }

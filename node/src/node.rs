@@ -23,8 +23,9 @@ pub struct NodeInfo {
     pub name: String,
     pub address: String,
     pub kubelet_port: Option<u16>,
-    pub cpus: usize,
-    pub memory_kib: u64,
+    /// Advertised CPU and memory (Kubernetes quantities); nothing is enforced.
+    pub cpu: String,
+    pub memory: String,
     pub max_pods: u32,
 }
 
@@ -34,8 +35,8 @@ impl NodeInfo {
             name: name.to_owned(),
             address: address.to_owned(),
             kubelet_port,
-            cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-            memory_kib: meminfo_total_kib().unwrap_or(1024 * 1024),
+            cpu: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).to_string(),
+            memory: format!("{}Ki", meminfo_total_kib().unwrap_or(1024 * 1024)),
             max_pods,
         }
     }
@@ -76,8 +77,8 @@ pub fn node_object(info: &NodeInfo) -> Value {
 /// The node status: Ready, the host's capacity, the loopback address.
 pub fn node_status(info: &NodeInfo, heartbeat: &str, ready_since: &str) -> Value {
     let capacity = json!({
-        "cpu": info.cpus.to_string(),
-        "memory": format!("{}Ki", info.memory_kib),
+        "cpu": info.cpu,
+        "memory": info.memory,
         "pods": info.max_pods.to_string(),
         "ephemeral-storage": "100Gi",
     });
@@ -177,8 +178,8 @@ mod tests {
             name: "n".into(),
             address: "127.0.0.1".into(),
             kubelet_port: Some(10250),
-            cpus: 2,
-            memory_kib: 2048,
+            cpu: "2".into(),
+            memory: "2048Ki".into(),
             max_pods: 110,
         };
         let s = node_status(&info, "2026-01-01T00:00:00Z", "2026-01-01T00:00:00Z");

@@ -2,42 +2,39 @@
 //! processes and reports their state through the pods/status subresource.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
-    io::{Read, Seek, SeekFrom},
+    collections::{HashMap, HashSet},
     net::Ipv4Addr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Client,
-    api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions},
-    runtime::{WatchStreamExt, watcher},
+    api::{DeleteParams, Patch, PatchParams, Preconditions},
+    runtime::{
+        WatchStreamExt,
+        events::{Event, EventType, Recorder},
+        watcher,
+    },
 };
 use serde_json::{Value, json};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 
 use crate::{
     backoff::Backoff,
-    env::{self, EnvContext, Lookup, Sources},
+    container::{Outcome, run_container},
     images::ImageMap,
     ipam::IpPool,
-    probe,
-    process::{self, MARKER_VAR, Spawner},
-    status::{ConditionClock, ContainerRecord, PodRecord, State, Terminated},
+    process::Spawner,
+    status::{ConditionClock, ContainerRecord, PodRecord, State},
 };
-
-/// Kubernetes caps termination messages at 4 KiB; log fallback takes at most 80 lines / 2 KiB.
-const MAX_MESSAGE: usize = 4096;
-const FALLBACK_LINES: usize = 80;
-const FALLBACK_BYTES: usize = 2048;
 
 /// Everything the pod workers share.
 pub struct Agent {
@@ -52,14 +49,16 @@ pub struct Agent {
     /// (namespace, hostname, subdomain) → pod IP, for headless-Service names.
     pub hostnames: Mutex<HashMap<(String, String, String), String>>,
     pub shutting_down: AtomicBool,
+    /// Pod Events (Started, Killing, BackOff, Unhealthy, Failed), as a kubelet records them.
+    pub recorder: Recorder,
 }
 
 /// Why and how a pod's processes stop.
 #[derive(Debug, Clone, Copy)]
-struct Stop {
-    grace: Duration,
+pub(crate) struct Stop {
+    pub(crate) grace: Duration,
     /// Delete the pod object (grace 0) once the processes are gone.
-    remove_object: bool,
+    pub(crate) remove_object: bool,
 }
 
 struct Worker {
@@ -159,7 +158,10 @@ fn on_pod(agent: &Arc<Agent>, workers: &mut HashMap<String, Worker>, pod: Pod) {
     }
     let (pod_tx, pod_rx) = watch::channel(pod);
     let (stop_tx, stop_rx) = watch::channel(None);
-    let task = tokio::spawn(run_pod(agent.clone(), pod_rx, stop_rx));
+    // Addresses are taken here, in event order, so a pod restarted by a new agent gets
+    // its recorded address back before a new pod could take it.
+    let ip = assign_ip(agent, &pod_rx.borrow());
+    let task = tokio::spawn(run_pod(agent.clone(), pod_rx, stop_rx, ip));
     workers.insert(uid, Worker { pod: pod_tx, stop: stop_tx, task });
 }
 
@@ -180,13 +182,13 @@ async fn remove_pod(agent: &Agent, pod: &Pod) {
 }
 
 /// Shared between a pod's container runners and its status writer.
-struct PodShared {
-    record: Mutex<PodRecord>,
-    changed: Notify,
+pub(crate) struct PodShared {
+    pub(crate) record: Mutex<PodRecord>,
+    pub(crate) changed: Notify,
 }
 
 impl PodShared {
-    fn update(&self, init: bool, idx: usize, f: impl FnOnce(&mut ContainerRecord)) {
+    pub(crate) fn update(&self, init: bool, idx: usize, f: impl FnOnce(&mut ContainerRecord)) {
         {
             let mut rec = self.record.lock().expect("pod record lock");
             let list = if init { &mut rec.init } else { &mut rec.containers };
@@ -207,7 +209,7 @@ struct StatusWriter {
 }
 
 impl StatusWriter {
-    async fn flush(&self, shared: &PodShared) {
+    async fn flush(&self, shared: &Arc<PodShared>) {
         // An agent that is going away says nothing: the processes it kills on the way out
         // did not fail, and a restarted agent runs the pod again.
         if self.agent.shutting_down.load(Ordering::SeqCst) {
@@ -228,7 +230,14 @@ impl StatusWriter {
                 *last = Some(body);
             }
             Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => warn!(pod = %self.name, "status update: {e}"),
+            Err(e) => {
+                warn!(pod = %self.name, "status update (retrying): {e}");
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    shared.changed.notify_one();
+                });
+            }
         }
     }
 }
@@ -237,22 +246,44 @@ pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+/// Records an Event about the pod, in the background (Events are best effort).
+pub(crate) fn record(ctx: &PodCtx, warning: bool, reason: &str, note: String) {
+    if ctx.agent.shutting_down.load(Ordering::SeqCst) {
+        return;
+    }
+    let recorder = ctx.agent.recorder.clone();
+    let reference = kube::Resource::object_ref(&ctx.pod, &());
+    let ev = Event {
+        type_: if warning { EventType::Warning } else { EventType::Normal },
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: reason.to_owned(),
+        secondary: None,
+    };
+    tokio::spawn(async move {
+        if let Err(e) = recorder.publish(&ev, &reference).await {
+            debug!("publishing event: {e}");
+        }
+    });
+}
+
 /// Everything a container runner needs about its pod.
-struct PodCtx {
-    agent: Arc<Agent>,
-    pod: Pod,
-    ns: String,
-    name: String,
-    uid: String,
-    ip: String,
-    dir: PathBuf,
-    shared: Arc<PodShared>,
+pub(crate) struct PodCtx {
+    pub(crate) agent: Arc<Agent>,
+    pub(crate) pod: Pod,
+    pub(crate) ns: String,
+    pub(crate) name: String,
+    pub(crate) uid: String,
+    pub(crate) ip: String,
+    pub(crate) dir: PathBuf,
+    pub(crate) shared: Arc<PodShared>,
 }
 
 async fn run_pod(
     agent: Arc<Agent>,
     pod_rx: watch::Receiver<Pod>,
     mut stop_rx: watch::Receiver<Option<Stop>>,
+    ip: Option<PodIp>,
 ) {
     let pod = pod_rx.borrow().clone();
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
@@ -260,13 +291,12 @@ async fn run_pod(
     let uid = uid_of(&pod);
     let spec = pod.spec.clone().unwrap_or_default();
 
-    let ip = assign_ip(&agent, &pod);
     let dns_key = spec
         .subdomain
         .clone()
         .map(|sub| (ns.clone(), spec.hostname.clone().unwrap_or_else(|| name.clone()), sub));
     if let (Some(key), Some(ip)) = (&dns_key, &ip) {
-        agent.hostnames.lock().expect("hostnames lock").insert(key.clone(), ip.to_string());
+        agent.hostnames.lock().expect("hostnames lock").insert(key.clone(), ip.addr().to_string());
     }
     let dir = agent.state_dir.join("pods").join(format!("{ns}_{name}_{}", &uid[..uid.len().min(8)]));
     if let Err(e) = std::fs::create_dir_all(dir.join("logs")) {
@@ -279,7 +309,7 @@ async fn run_pod(
     };
     let status = pod.status.clone().unwrap_or_default();
     let record = PodRecord {
-        pod_ip: ip.map(|i| i.to_string()),
+        pod_ip: ip.map(|i| i.addr().to_string()),
         host_ip: agent.host_ip.clone(),
         start_time: status.start_time.as_ref().map(|t| t.0.to_string()).unwrap_or_else(now),
         init: spec
@@ -323,7 +353,7 @@ async fn run_pod(
         ns: ns.clone(),
         name: name.clone(),
         uid: uid.clone(),
-        ip: ip.map(|i| i.to_string()).unwrap_or_default(),
+        ip: ip.map(|i| i.addr().to_string()).unwrap_or_default(),
         dir,
         shared: shared.clone(),
     });
@@ -396,14 +426,14 @@ async fn run_pod(
     if let Some(key) = dns_key {
         agent.hostnames.lock().expect("hostnames lock").remove(&key);
     }
-    if let Some(ip) = ip {
+    if let Some(PodIp::Own(ip)) = ip {
         agent.ips.lock().expect("ip pool lock").release(ip);
     }
     debug!(pod = %format!("{ns}/{name}"), "pod worker done");
 }
 
 /// Waits for a stop request; a dropped sender counts as one that keeps the object.
-async fn wait_stop(rx: &mut watch::Receiver<Option<Stop>>) -> Option<Stop> {
+pub(crate) async fn wait_stop(rx: &mut watch::Receiver<Option<Stop>>) -> Option<Stop> {
     match rx.wait_for(Option::is_some).await {
         Ok(v) => *v,
         Err(_) => Some(Stop { grace: Duration::from_secs(1), remove_object: false }),
@@ -411,14 +441,36 @@ async fn wait_stop(rx: &mut watch::Receiver<Option<Stop>>) -> Option<Stop> {
 }
 
 /// Sleeps for `d` unless a stop arrives first.
-async fn sleep_or_stop(d: Duration, rx: &mut watch::Receiver<Option<Stop>>) -> Option<Stop> {
+pub(crate) async fn sleep_or_stop(d: Duration, rx: &mut watch::Receiver<Option<Stop>>) -> Option<Stop> {
     tokio::select! {
         _ = tokio::time::sleep(d) => None,
         s = wait_stop(rx) => s,
     }
 }
 
-fn assign_ip(agent: &Agent, pod: &Pod) -> Option<Ipv4Addr> {
+/// A pod's address: its own loopback address, or the node's for `hostNetwork` pods.
+#[derive(Debug, Clone, Copy)]
+enum PodIp {
+    Own(Ipv4Addr),
+    Host(Ipv4Addr),
+}
+
+impl PodIp {
+    fn addr(self) -> Ipv4Addr {
+        match self {
+            PodIp::Own(a) | PodIp::Host(a) => a,
+        }
+    }
+}
+
+fn assign_ip(agent: &Agent, pod: &Pod) -> Option<PodIp> {
+    if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+        return agent.host_ip.parse().ok().map(PodIp::Host);
+    }
+    Some(PodIp::Own(allocate(agent, pod)?))
+}
+
+fn allocate(agent: &Agent, pod: &Pod) -> Option<Ipv4Addr> {
     let mut pool = agent.ips.lock().expect("ip pool lock");
     let previous =
         pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()).and_then(|s| s.parse::<Ipv4Addr>().ok());
@@ -428,521 +480,4 @@ fn assign_ip(agent: &Agent, pod: &Pod) -> Option<Ipv4Addr> {
         return Some(ip);
     }
     pool.allocate()
-}
-
-enum Outcome {
-    /// Ran to an end the restart policy accepts, with this exit code.
-    Finished(i32),
-    Stopped,
-}
-
-enum ProbeEvent {
-    Ready(bool),
-    Started,
-    LivenessFailed(String),
-}
-
-/// Runs one container until it finishes for good or the pod stops, restarting it as the
-/// restart policy says.
-async fn run_container(
-    ctx: Arc<PodCtx>,
-    c: Container,
-    idx: usize,
-    init: bool,
-    policy: String,
-    mut stop_rx: watch::Receiver<Option<Stop>>,
-) -> Outcome {
-    let shared = ctx.shared.clone();
-    let image = c.image.clone().unwrap_or_default();
-    let log_path = ctx.dir.join("logs").join(format!("{}.log", c.name));
-    let msg_path = ctx.dir.join(format!("{}.termination-log", c.name));
-    let mut streak = 0u32;
-    let mut pull_failures = 0u32;
-    let mut first_start = true;
-    let set_waiting = |reason: &str, message: Option<String>| {
-        let reason = reason.to_owned();
-        shared.update(init, idx, move |r| {
-            r.state = State::Waiting { reason, message };
-            r.ready = false;
-        });
-    };
-    loop {
-        if let Some(stop) = *stop_rx.borrow() {
-            let _ = stop;
-            return Outcome::Stopped;
-        }
-        // The image decides the program.
-        let Some(exe) = ctx.agent.images.resolve(&image).map(str::to_owned) else {
-            let reason = if pull_failures == 0 { "ErrImagePull" } else { "ImagePullBackOff" };
-            set_waiting(
-                reason,
-                Some(format!(
-                    "image \"{image}\" has no local executable in the node's image map (mlops-node --images)"
-                )),
-            );
-            pull_failures += 1;
-            let wait = Duration::from_secs(2u64.saturating_pow(pull_failures.min(5)));
-            if sleep_or_stop(wait, &mut stop_rx).await.is_some() {
-                return Outcome::Stopped;
-            }
-            continue;
-        };
-        let env = match container_env(&ctx, &c).await {
-            Ok(env) => env,
-            Err(Waiting { reason, message }) => {
-                set_waiting(&reason, Some(message));
-                if sleep_or_stop(Duration::from_millis(500), &mut stop_rx).await.is_some() {
-                    return Outcome::Stopped;
-                }
-                continue;
-            }
-        };
-        let (program, args) = match entrypoint(&c, &exe, &env, &ctx).await {
-            Ok(v) => v,
-            Err(Waiting { reason, message }) => {
-                set_waiting(&reason, Some(message));
-                if sleep_or_stop(Duration::from_millis(500), &mut stop_rx).await.is_some() {
-                    return Outcome::Stopped;
-                }
-                continue;
-            }
-        };
-        let _ = std::fs::write(&msg_path, b"");
-        let exited_marker = log_path.with_extension("exited");
-        let _ = std::fs::remove_file(&exited_marker);
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path);
-        let log_offset = log.as_ref().ok().and_then(|f| f.metadata().ok()).map(|m| m.len()).unwrap_or(0);
-        let cwd = working_dir(&c, &ctx.dir);
-        let mut cmd = tokio::process::Command::new(&program);
-        cmd.args(&args)
-            .current_dir(&cwd)
-            .env("POD_IP", &ctx.ip)
-            .env(
-                "HOSTNAME",
-                ctx.pod.spec.as_ref().and_then(|s| s.hostname.clone()).unwrap_or_else(|| ctx.name.clone()),
-            )
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .env("MLOPS_TERMINATION_MESSAGE_PATH", &msg_path)
-            .env("MLOPS_POD_DIR", &ctx.dir)
-            .env(MARKER_VAR, &ctx.agent.node)
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(false);
-        match log.and_then(|f| Ok((f.try_clone()?, f))) {
-            Ok((out, err)) => {
-                cmd.stdout(out).stderr(err);
-            }
-            Err(e) => warn!("opening {}: {e}", log_path.display()),
-        }
-        if !first_start {
-            shared.update(init, idx, |r| r.restart_count += 1);
-        }
-        first_start = false;
-        let started = Instant::now();
-        let started_at = now();
-        let spawned = ctx.agent.spawner.spawn(cmd).await;
-        let terminated = match spawned {
-            Err(e) => Terminated {
-                exit_code: 128,
-                signal: None,
-                reason: "StartError".into(),
-                message: Some(format!("failed to start {program}: {e}")),
-                started_at: None,
-                finished_at: now(),
-                container_id: String::new(),
-            },
-            Ok(mut child) => {
-                let pid = child.id().unwrap_or(0);
-                let container_id = format!("mlops-node://{}/{pid}", ctx.agent.node);
-                info!(pod = %format!("{}/{}", ctx.ns, ctx.name), container = %c.name, pid, program = %program, "started");
-                let has_readiness = c.readiness_probe.is_some() && !init;
-                let has_startup = c.startup_probe.is_some() && !init;
-                let state_started_at = started_at.clone();
-                let cid = container_id.clone();
-                shared.update(init, idx, move |r| {
-                    r.state = State::Running { started_at: state_started_at };
-                    r.container_id = Some(cid);
-                    r.image_id = format!("file://{}", exe.split_whitespace().next().unwrap_or_default());
-                    r.started = !has_startup;
-                    r.ready = !has_readiness && !has_startup;
-                });
-                let (probe_tx, mut probe_rx) = mpsc::channel(8);
-                let probes = (!init).then(|| {
-                    let target = probe::Target {
-                        pod_ip: ctx.ip.clone(),
-                        container: c.clone(),
-                        env: env.clone(),
-                        cwd: cwd.clone(),
-                    };
-                    tokio::spawn(run_probes(c.clone(), target, probe_tx))
-                });
-                let mut killed_reason: Option<String> = None;
-                let mut stop_req: Option<Stop> = None;
-                let status = loop {
-                    tokio::select! {
-                        st = child.wait() => break st,
-                        ev = probe_rx.recv(), if killed_reason.is_none() && stop_req.is_none() => match ev {
-                            Some(ProbeEvent::Ready(ready)) => shared.update(init, idx, |r| r.ready = ready),
-                            Some(ProbeEvent::Started) => shared.update(init, idx, |r| r.started = true),
-                            Some(ProbeEvent::LivenessFailed(msg)) => {
-                                info!(pod = %ctx.name, container = %c.name, "liveness probe failed, restarting: {msg}");
-                                killed_reason = Some(msg);
-                                shared.update(init, idx, |r| r.ready = false);
-                                let grace = termination_grace(&ctx.pod);
-                                tokio::spawn(process::terminate_group(pid, grace));
-                            }
-                            None => {}
-                        },
-                        s = wait_stop(&mut stop_rx), if stop_req.is_none() => {
-                            let s = s.unwrap_or(Stop { grace: Duration::from_secs(1), remove_object: false });
-                            stop_req = Some(s);
-                            shared.update(init, idx, |r| r.ready = false);
-                            tokio::spawn(process::terminate_group(pid, s.grace));
-                        }
-                    }
-                };
-                if let Some(p) = probes {
-                    p.abort();
-                }
-                // Whatever the container left behind in its group goes with it.
-                process::signal_group(pid, libc::SIGKILL);
-                let _ = std::fs::write(&exited_marker, b"");
-                let (exit_code, signal) = match status {
-                    Ok(st) => process::exit_code(st),
-                    Err(_) => (255, None),
-                };
-                info!(pod = %format!("{}/{}", ctx.ns, ctx.name), container = %c.name, exit_code, "exited");
-                let message = termination_message(&c, &msg_path, &log_path, log_offset, exit_code);
-                let t = Terminated {
-                    exit_code,
-                    signal,
-                    reason: if exit_code == 0 { "Completed".into() } else { "Error".into() },
-                    message,
-                    started_at: Some(started_at),
-                    finished_at: now(),
-                    container_id,
-                };
-                if stop_req.is_some() {
-                    shared.update(init, idx, |r| {
-                        r.state = State::Terminated(t);
-                        r.ready = false;
-                        r.done = true;
-                    });
-                    return Outcome::Stopped;
-                }
-                t
-            }
-        };
-        let exit_code = terminated.exit_code;
-        let restart = if init {
-            exit_code != 0 && policy.as_str() != "Never"
-        } else {
-            match policy.as_str() {
-                "Never" => false,
-                "OnFailure" => exit_code != 0,
-                _ => true,
-            }
-        };
-        if !restart {
-            shared.update(init, idx, |r| {
-                r.state = State::Terminated(terminated);
-                r.ready = false;
-                r.done = true;
-            });
-            return Outcome::Finished(exit_code);
-        }
-        let delay = ctx.agent.backoff.next_delay(&mut streak, started.elapsed());
-        let pod_ref = format!("{}_{}({})", ctx.name, ctx.ns, ctx.uid);
-        let cname = c.name.clone();
-        shared.update(init, idx, |r| {
-            r.last_state = Some(terminated.clone());
-            r.ready = false;
-            r.state = if delay.is_zero() {
-                State::Terminated(terminated)
-            } else {
-                State::Waiting {
-                    reason: "CrashLoopBackOff".into(),
-                    message: Some(format!(
-                        "back-off {}s restarting failed container={cname} pod={pod_ref}",
-                        delay.as_secs()
-                    )),
-                }
-            };
-        });
-        if sleep_or_stop(delay, &mut stop_rx).await.is_some() {
-            return Outcome::Stopped;
-        }
-    }
-}
-
-fn termination_grace(pod: &Pod) -> Duration {
-    let secs = pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30);
-    Duration::from_secs(secs.max(0) as u64)
-}
-
-/// A reason to keep the container waiting, with the message users see.
-struct Waiting {
-    reason: String,
-    message: String,
-}
-
-/// The container's variables: ConfigMaps and Secrets fetched, then resolved.
-async fn container_env(ctx: &PodCtx, c: &Container) -> Result<Vec<(String, String)>, Waiting> {
-    let (cm_names, secret_names) = env::referenced_sources(c);
-    let mut sources = Sources::default();
-    let cms: Api<ConfigMap> = Api::namespaced(ctx.agent.client.clone(), &ctx.ns);
-    let secrets: Api<Secret> = Api::namespaced(ctx.agent.client.clone(), &ctx.ns);
-    let api_err =
-        |e: kube::Error| Waiting { reason: "CreateContainerConfigError".into(), message: e.to_string() };
-    for n in cm_names {
-        if let Some(cm) = cms.get_opt(&n).await.map_err(api_err)? {
-            sources.config_maps.insert(n, cm.data.unwrap_or_default());
-        }
-    }
-    for n in secret_names {
-        if let Some(s) = secrets.get_opt(&n).await.map_err(api_err)? {
-            let mut data: BTreeMap<String, String> = s.string_data.unwrap_or_default();
-            for (k, v) in s.data.unwrap_or_default() {
-                data.insert(k, String::from_utf8_lossy(&v.0).into_owned());
-            }
-            sources.secrets.insert(n, data);
-        }
-    }
-    let ectx = EnvContext {
-        pod_ip: ctx.ip.clone(),
-        host_ip: ctx.agent.host_ip.clone(),
-        node_name: ctx.agent.node.clone(),
-    };
-    let vars = env::resolve_env(&ctx.pod, c, &ectx, &sources)
-        .map_err(|e| Waiting { reason: "CreateContainerConfigError".into(), message: e.to_string() })?;
-    let headless = headless_services(ctx).await?;
-    let mut out = Vec::with_capacity(vars.len());
-    for (k, v) in vars {
-        let v = rewrite(ctx, &headless, &v)?;
-        out.push((k, v));
-    }
-    Ok(out)
-}
-
-async fn headless_services(ctx: &PodCtx) -> Result<HashSet<String>, Waiting> {
-    let api: Api<Service> = Api::namespaced(ctx.agent.client.clone(), &ctx.ns);
-    let list = api.list(&ListParams::default()).await.map_err(|e| Waiting {
-        reason: "CreateContainerConfigError".into(),
-        message: format!("listing services: {e}"),
-    })?;
-    Ok(list
-        .items
-        .into_iter()
-        .filter(|s| s.spec.as_ref().and_then(|sp| sp.cluster_ip.as_deref()) == Some("None"))
-        .filter_map(|s| s.metadata.name)
-        .collect())
-}
-
-fn rewrite(ctx: &PodCtx, headless: &HashSet<String>, value: &str) -> Result<String, Waiting> {
-    let names = ctx.agent.hostnames.lock().expect("hostnames lock").clone();
-    let lookup = |host: &str, sub: &str| {
-        if !headless.contains(sub) {
-            return Lookup::NotAName;
-        }
-        match names.get(&(ctx.ns.clone(), host.to_owned(), sub.to_owned())) {
-            Some(ip) => Lookup::Ip(ip.clone()),
-            None => Lookup::Pending,
-        }
-    };
-    env::rewrite_hostnames(value, &ctx.ns, &lookup).map_err(|name| Waiting {
-        reason: "ContainerCreating".into(),
-        message: format!("waiting for a pod behind headless name {name}"),
-    })
-}
-
-/// Program and arguments: the container's command if it has one (a command naming the
-/// image's program by its file name runs the mapped executable), else the image's
-/// executable; `$(VAR)` references expanded and headless names rewritten.
-async fn entrypoint(
-    c: &Container,
-    exe: &str,
-    env: &[(String, String)],
-    ctx: &PodCtx,
-) -> Result<(String, Vec<String>), Waiting> {
-    let vars: BTreeMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let mut exe_parts = exe.split_whitespace().map(str::to_owned);
-    let exe_prog = exe_parts.next().unwrap_or_default();
-    let exe_args: Vec<String> = exe_parts.collect();
-    let command = c.command.clone().unwrap_or_default();
-    let args: Vec<String> = c.args.iter().flatten().map(|a| env::expand(a, &vars)).collect();
-    let (program, mut argv) = match command.split_first() {
-        Some((first, rest)) => {
-            let first = env::expand(first, &vars);
-            let same_program = Path::new(&first).file_name() == Path::new(&exe_prog).file_name();
-            let program =
-                if process::find_program(&first).is_none() && same_program { exe_prog } else { first };
-            (program, rest.iter().map(|a| env::expand(a, &vars)).collect::<Vec<_>>())
-        }
-        None => (exe_prog, exe_args),
-    };
-    argv.extend(args);
-    if argv.iter().any(|a| a.contains('.')) {
-        let headless = headless_services(ctx).await?;
-        argv = argv.iter().map(|a| rewrite(ctx, &headless, a)).collect::<Result<_, _>>()?;
-    }
-    Ok((program, argv))
-}
-
-fn working_dir(c: &Container, pod_dir: &Path) -> PathBuf {
-    match c.working_dir.as_deref() {
-        Some(w) if Path::new(w).is_absolute() && Path::new(w).is_dir() => PathBuf::from(w),
-        Some(w) if !w.is_empty() && !Path::new(w).is_absolute() => {
-            let d = pod_dir.join(w);
-            let _ = std::fs::create_dir_all(&d);
-            d
-        }
-        _ => pod_dir.to_path_buf(),
-    }
-}
-
-/// The termination message: the file's first 4 KiB, or with `FallbackToLogsOnError` and
-/// a failed exit and an empty file, the tail of this run's log.
-fn termination_message(
-    c: &Container,
-    msg_path: &Path,
-    log_path: &Path,
-    log_offset: u64,
-    exit_code: i32,
-) -> Option<String> {
-    let mut buf = Vec::new();
-    if let Ok(f) = std::fs::File::open(msg_path) {
-        let _ = f.take(MAX_MESSAGE as u64).read_to_end(&mut buf);
-    }
-    let msg = String::from_utf8_lossy(&buf).into_owned();
-    if !msg.is_empty() {
-        return Some(msg);
-    }
-    if exit_code != 0 && c.termination_message_policy.as_deref() == Some("FallbackToLogsOnError") {
-        return log_tail(log_path, log_offset).filter(|s| !s.is_empty());
-    }
-    None
-}
-
-fn log_tail(path: &Path, from: u64) -> Option<String> {
-    let mut f = std::fs::File::open(path).ok()?;
-    let len = f.metadata().ok()?.len();
-    let start = from.max(len.saturating_sub(64 * 1024));
-    f.seek(SeekFrom::Start(start)).ok()?;
-    let mut buf = Vec::new();
-    f.read_to_end(&mut buf).ok()?;
-    Some(tail_text(&String::from_utf8_lossy(&buf)))
-}
-
-/// The last 80 lines, at most the last 2 KiB of them.
-pub fn tail_text(text: &str) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    let tail = lines[lines.len().saturating_sub(FALLBACK_LINES)..].join("\n");
-    if tail.len() <= FALLBACK_BYTES {
-        return tail;
-    }
-    let mut cut = tail.len() - FALLBACK_BYTES;
-    while !tail.is_char_boundary(cut) {
-        cut += 1;
-    }
-    tail[cut..].to_owned()
-}
-
-/// Startup, then readiness and liveness, each on its own schedule.
-async fn run_probes(c: Container, target: probe::Target, tx: mpsc::Sender<ProbeEvent>) {
-    if let Some(p) = &c.startup_probe {
-        let t = probe::timing(p);
-        tokio::time::sleep(t.initial_delay).await;
-        let mut failures = 0;
-        loop {
-            match probe::run_once(p, &target).await {
-                Ok(()) => break,
-                Err(msg) => {
-                    failures += 1;
-                    if failures >= t.failure_threshold {
-                        let _ =
-                            tx.send(ProbeEvent::LivenessFailed(format!("Startup probe failed: {msg}"))).await;
-                        return;
-                    }
-                }
-            }
-            tokio::time::sleep(t.period).await;
-        }
-        let _ = tx.send(ProbeEvent::Started).await;
-        if c.readiness_probe.is_none() {
-            let _ = tx.send(ProbeEvent::Ready(true)).await;
-        }
-    }
-    let readiness = c.readiness_probe.clone().map(|p| {
-        let (tx, target) = (tx.clone(), target.clone());
-        tokio::spawn(async move {
-            let t = probe::timing(&p);
-            tokio::time::sleep(t.initial_delay).await;
-            let mut tracker = probe::Tracker::default();
-            loop {
-                let ok = probe::run_once(&p, &target).await.is_ok();
-                if let Some(state) = tracker.record(ok, &t)
-                    && tx.send(ProbeEvent::Ready(state)).await.is_err()
-                {
-                    return;
-                }
-                tokio::time::sleep(t.period).await;
-            }
-        })
-    });
-    struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
-    impl Drop for AbortOnDrop {
-        fn drop(&mut self) {
-            if let Some(h) = &self.0 {
-                h.abort();
-            }
-        }
-    }
-    let _readiness = AbortOnDrop(readiness);
-    if let Some(p) = &c.liveness_probe {
-        let t = probe::timing(p);
-        tokio::time::sleep(t.initial_delay).await;
-        let mut tracker = probe::Tracker::default();
-        loop {
-            let result = probe::run_once(p, &target).await;
-            let msg = result.as_ref().err().cloned().unwrap_or_default();
-            if tracker.record(result.is_ok(), &t) == Some(false) {
-                let _ = tx.send(ProbeEvent::LivenessFailed(format!("Liveness probe failed: {msg}"))).await;
-                return;
-            }
-            tokio::time::sleep(t.period).await;
-        }
-    }
-    std::future::pending::<()>().await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn log_tail_keeps_last_lines_within_limits() {
-        let text: String = (0..200).map(|i| format!("line {i}\n")).collect();
-        let t = tail_text(&text);
-        assert!(t.starts_with("line 120"));
-        assert!(t.ends_with("line 199"));
-        let long = "x".repeat(5000);
-        assert_eq!(tail_text(&long).len(), 2048);
-    }
-
-    #[test]
-    fn termination_message_file_then_log_fallback() {
-        let dir = std::env::temp_dir().join(format!("mlops-node-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let msg = dir.join("msg");
-        let log = dir.join("log");
-        std::fs::write(&log, "old run\nboom: bad data\n").unwrap();
-        let mut c: Container = serde_json::from_value(json!({"name": "c"})).unwrap();
-        std::fs::write(&msg, "").unwrap();
-        assert_eq!(termination_message(&c, &msg, &log, 8, 1), None);
-        c.termination_message_policy = Some("FallbackToLogsOnError".into());
-        assert_eq!(termination_message(&c, &msg, &log, 8, 1).as_deref(), Some("boom: bad data"));
-        assert_eq!(termination_message(&c, &msg, &log, 8, 0), None);
-        std::fs::write(&msg, "x".repeat(5000)).unwrap();
-        assert_eq!(termination_message(&c, &msg, &log, 0, 0).unwrap().len(), 4096);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
 }

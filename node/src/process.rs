@@ -12,7 +12,8 @@ use std::{
 
 use tokio::{process::Child, sync::oneshot};
 
-/// The environment variable that marks a process as started by the agent of a node.
+/// The environment variable that marks a process as started by an agent; its value is
+/// the agent's state directory.
 pub const MARKER_VAR: &str = "MLOPS_LOCAL_NODE_AGENT";
 
 type Job = (tokio::process::Command, oneshot::Sender<io::Result<Child>>);
@@ -90,10 +91,10 @@ pub async fn terminate_group(pgid: u32, grace: Duration) {
     signal_group(pgid, libc::SIGKILL);
 }
 
-/// Kills every process that carries this node's marker (leftovers of a crashed agent,
+/// Kills every process that carries this agent's marker (leftovers of a crashed agent,
 /// and grandchildren that left their process group). Returns how many were signalled.
-pub fn kill_marked(node: &str) -> usize {
-    let needle = format!("{MARKER_VAR}={node}");
+pub fn kill_marked(marker: &str) -> usize {
+    let needle = format!("{MARKER_VAR}={marker}");
     let me = std::process::id();
     let mut killed = 0;
     let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };

@@ -31,6 +31,8 @@ use tokio::{net::TcpListener, sync::watch};
 use tracing::{debug, info, warn};
 
 pub const ADDRESS_ANNOTATION: &str = "mlops.dev/local-address";
+/// How long a connection waits for a ready endpoint before it is closed.
+const NO_ENDPOINT_WAIT: Duration = Duration::from_secs(3);
 
 /// Pods that may receive a Service's traffic on `port`: same namespace, labels matching
 /// the selector, Ready, not terminating, with an IP; sorted for a stable rotation.
@@ -128,7 +130,7 @@ pub async fn run(client: Client, store: Store<Pod>, dir: PathBuf, mut shutdown: 
     let svc_api: Api<Service> = Api::all(client.clone());
     let mut services = watcher(svc_api, watcher::Config::default()).default_backoff().boxed();
     let mut proxies: HashMap<String, ServiceProxies> = HashMap::new();
-    let mut refresh = tokio::time::interval(Duration::from_millis(250));
+    let mut refresh = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
             ev = services.try_next() => match ev {
@@ -265,7 +267,14 @@ async fn serve(listener: TcpListener, backends: Arc<RwLock<Vec<SocketAddr>>>) {
         let backends = backends.clone();
         let next = next.clone();
         tokio::spawn(async move {
-            let list = backends.read().expect("backends lock").clone();
+            // A pod that just became Ready may reach clients before the endpoint refresh:
+            // hold the connection briefly rather than refuse it.
+            let mut list = backends.read().expect("backends lock").clone();
+            let deadline = tokio::time::Instant::now() + NO_ENDPOINT_WAIT;
+            while list.is_empty() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                list = backends.read().expect("backends lock").clone();
+            }
             if list.is_empty() {
                 return;
             }
