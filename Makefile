@@ -43,3 +43,7 @@ prometheus-up: ## start Prometheus for the local cluster; URL in .dev/prometheus
 
 prometheus-down: ## stop Prometheus
 	hack/prometheus.sh down
+
+.PHONY: demo
+demo: ## the main job: train, validate, serve, canary, promote and roll back on a local cluster
+	hack/demo.sh
