@@ -47,3 +47,7 @@ prometheus-down: ## stop Prometheus
 .PHONY: demo
 demo: ## the main job: train, validate, serve, canary, promote and roll back on a local cluster
 	hack/demo.sh
+
+.PHONY: bench-runtime
+bench-runtime: ## serve iris with mlops-runtime and with MLServer, same load, side by side
+	bench/runtime.sh
