@@ -159,6 +159,8 @@ up() {
     --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
     --node-lease-duration-seconds 40 --server-address "127.0.0.1:$KWOK_PORT"
 
+  gateway_api_crds
+
   for _ in $(seq 600); do
     kubectl --kubeconfig "$kubeconfig" -n default get serviceaccount default >/dev/null 2>&1 && break
     sleep 0.2
@@ -257,6 +259,17 @@ kill_node_processes() {
       kill -KILL "$pid" 2>/dev/null || true
     fi
   done
+}
+
+# The Gateway API CRDs (standard channel), from that project's own Go module, so that
+# InferenceServices with gatewayAPI traffic routing can be tested.
+gateway_api_crds() {
+  # shellcheck source=versions.env
+  source "$root/hack/versions.env"
+  local dir
+  dir=$(GOTOOLCHAIN=local GOFLAGS=-mod=mod go mod download -json "sigs.k8s.io/gateway-api@v$GATEWAY_API_VERSION" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  kubectl --kubeconfig "$kubeconfig" apply --server-side -f "$dir/config/crd/standard/" >/dev/null
 }
 
 down_quiet() {
