@@ -321,3 +321,46 @@ async fn a_distributed_run_is_an_indexed_job_behind_a_headless_service() {
     assert_eq!(svc.spec.unwrap().cluster_ip.as_deref(), Some("None"));
     assert_eq!(env.api::<ModelVersion>().list(&ListParams::default()).await.unwrap().items.len(), 1);
 }
+
+/// A two-worker trainer: rank 1 connects to MASTER_ADDR:MASTER_PORT and reports; rank 0
+/// accepts WORLD_SIZE - 1 peers, then writes the run's result.
+const RENDEZVOUS: &str = r#"
+import json, os, socket, time
+rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+if rank == 0:
+    srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((os.environ.get("POD_IP", "127.0.0.1"), port)); srv.listen(world); srv.settimeout(60)
+    peers = []
+    for _ in range(world - 1):
+        conn, _ = srv.accept(); peers.append(conn.recv(64).decode()); conn.close()
+    result = {"version": 1, "metrics": {"accuracy": 0.97, "workers": world, "peers": len(peers)},
+              "artifact": {"uri": os.environ["MLOPS_OUTPUT_URI"] + "/model.json", "format": "rendezvous-test"}}
+    open(os.environ["MLOPS_TERMINATION_MESSAGE_PATH"], "w").write(json.dumps(result))
+else:
+    for attempt in range(120):
+        try:
+            s = socket.create_connection((addr, port), timeout=2); s.sendall(f"rank {rank}".encode()); s.close(); break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        raise SystemExit(f"rank {rank} never reached {addr}:{port}")
+"#;
+
+#[tokio::test]
+async fn distributed_workers_rendezvous_and_produce_one_model_version() {
+    let Some(env) = TestEnv::start("train-rendezvous").await else { return };
+    install_crds();
+    let _op = Operator::start(OPERATOR, &env.namespace, &[]);
+    let spec =
+        json!({"workers": 2, "trainer": {"image": "python:3.11", "command": ["python3", "-c", RENDEZVOUS]}});
+    apply(&env, &training_job("ring", &env.namespace, spec));
+    let tjs: Api<TrainingJob> = env.api();
+    let tj = wait_condition(&tjs, "ring", cond::SUCCEEDED, "True", TRAINING).await;
+    assert_eq!(tj.status.unwrap().latest_model_version.as_deref(), Some("ring-r1"));
+    let mvs: Api<ModelVersion> = env.api();
+    let all = mvs.list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(all.len(), 1, "one ModelVersion for the whole distributed run");
+    assert_eq!(all[0].spec.metrics["peers"], 1.0, "rank 0 heard from rank 1");
+    assert_eq!(all[0].spec.metrics["workers"], 2.0);
+}
