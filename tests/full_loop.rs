@@ -1,0 +1,119 @@
+//! The whole loop on real pieces: a TrainingJob trains (mlops-runtime on the local node),
+//! its ModelVersion is validated, an InferenceService tracking LatestValidated serves it
+//! and answers real inferences through its Service; a retrained version is canaried
+//! under real traffic, measured by the real Prometheus, and promoted.
+
+use std::{io::Read, io::Write, net::TcpStream, time::Duration};
+
+use kube::Api;
+use mlops_operator::api::{InferenceService, ModelVersion, TrainingJob, conditions as cond};
+use serde_json::json;
+use testkit::{Operator, TestEnv, install_crds, output_text, repo_root, wait_condition, wait_for};
+
+const OPERATOR: &str = env!("CARGO_BIN_EXE_mlops-operator");
+
+/// One inference over a fresh connection (so replica-weighted routing spreads requests).
+fn infer(addr: &str) -> Option<(u16, String)> {
+    let body = r#"{"inputs":[{"name":"x","shape":[2,4],"datatype":"FP64","data":[5.1,3.5,1.4,0.2,6.7,3.0,5.2,2.3]}]}"#;
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "POST /v2/models/iris/infer HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split(' ').nth(1)?.parse().ok()?;
+    Some((code, text.split_once("\r\n\r\n")?.1.to_string()))
+}
+
+#[tokio::test]
+async fn train_validate_serve_infer_then_retrain_and_promote() {
+    let Some(env) = TestEnv::start("full-loop").await else { return };
+    install_crds();
+    let _op = Operator::start(OPERATOR, &env.namespace, &[]);
+    let tj = json!({"apiVersion": "mlops.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "iris"},
+        "spec": {"model": "iris",
+                 "dataset": {"uri": format!("file://{}", repo_root().join("runtime/testdata/iris.csv").display()), "labelColumn": "species"},
+                 "hyperparameters": {"algorithm": "logistic_regression"},
+                 "trainer": {"image": "ghcr.io/mlops-dev/mlops-runtime:0.1.0", "args": ["train"]},
+                 "output": {"uri": format!("file:///tmp/mlops-e2e/{}/models", env.namespace)},
+                 "modelVersion": {"gates": [{"metric": "accuracy", "op": ">=", "value": 0.85},
+                                            {"metric": "f1", "op": ">=", "relativeTo": "Serving", "tolerance": 0.1}]}}});
+    let out = env.kubectl(&["apply", "-f", "-"], Some(&tj.to_string()));
+    assert!(out.status.success(), "{}", output_text(&out));
+    let mvs: Api<ModelVersion> = env.api();
+    wait_condition(&mvs, "iris-r1", cond::VALIDATED, "True", Duration::from_secs(120)).await;
+
+    let isvc = json!({"apiVersion": "mlops.dev/v1alpha1", "kind": "InferenceService", "metadata": {"name": "iris"},
+        "spec": {"model": "iris", "track": "LatestValidated", "replicas": 2, "runtime": {"preset": "MlopsRuntime"},
+                 "rollout": {"steps": [{"weight": 50, "pauseSeconds": 2}], "bakeSeconds": 4, "scaleDownDelaySeconds": 5,
+                             "analysis": {"intervalSeconds": 2, "metrics": [{"name": "error-rate",
+                                 "query": "(sum(rate(mlops_requests_total{namespace=\"{{namespace}}\",model_version=\"{{modelVersion}}\",code=~\"5..\"}[20s])) or vector(0)) / sum(rate(mlops_requests_total{namespace=\"{{namespace}}\",model_version=\"{{modelVersion}}\"}[20s]))",
+                                 "max": 0.05, "onNoData": "Wait"}]}}}});
+    let out = env.kubectl(&["apply", "-f", "-"], Some(&isvc.to_string()));
+    assert!(out.status.success(), "{}", output_text(&out));
+    let isvcs: Api<InferenceService> = env.api();
+    let served = wait_condition(&isvcs, "iris", cond::READY, "True", Duration::from_secs(90)).await;
+    assert_eq!(served.status.as_ref().unwrap().stable.as_ref().unwrap().version, "iris-r1");
+
+    let svc = env.api::<k8s_openapi::api::core::v1::Service>().get("iris").await.unwrap();
+    let addr = svc.metadata.annotations.unwrap()["mlops.dev/local-address"].clone();
+    let (code, body) = infer(&addr).expect("the Service answers");
+    assert_eq!(code, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["model_version"], "iris-r1");
+    assert_eq!(answer["outputs"][0]["data"], json!(["setosa", "virginica"]));
+
+    // Retrain: a new generation gives iris-r2, canaried under traffic and promoted.
+    let out = env.kubectl(
+        &[
+            "patch",
+            "trainingjob",
+            "iris",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"hyperparameters":{"algorithm":"random_forest"}}}"#,
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", output_text(&out));
+    let traffic = {
+        let addr = addr.clone();
+        std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeMap::<String, u32>::new();
+            let end = std::time::Instant::now() + Duration::from_secs(150);
+            while std::time::Instant::now() < end {
+                if let Some((200, body)) = infer(&addr) {
+                    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                    *seen.entry(v["model_version"].as_str().unwrap_or("").to_string()).or_default() += 1;
+                    if seen.get("iris-r2").copied().unwrap_or(0) > 20 && seen.len() >= 2 {
+                        break;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            seen
+        })
+    };
+    let promoted = wait_for(&isvcs, "iris", Duration::from_secs(150), "iris-r2 promoted", |s| {
+        s.status.as_ref().and_then(|st| st.stable.as_ref()).is_some_and(|st| st.version == "iris-r2")
+            && s.status.as_ref().is_some_and(|st| st.canary.is_none())
+    })
+    .await;
+    let seen = traffic.join().unwrap();
+    assert!(
+        seen.get("iris-r1").copied().unwrap_or(0) > 0 && seen.get("iris-r2").copied().unwrap_or(0) > 0,
+        "{seen:?}"
+    );
+    let status = promoted.status.unwrap();
+    assert_eq!(status.delivery.as_ref().unwrap().deployments, 2);
+    assert!(status.delivery.as_ref().unwrap().last_lead_time_seconds.is_some());
+    let mv2 = mvs.get("iris-r2").await.unwrap();
+    assert_eq!(mv2.spec.lineage.unwrap().hyperparameters["algorithm"], "random_forest");
+    let tj: TrainingJob = env.api::<TrainingJob>().get("iris").await.unwrap();
+    assert_eq!(tj.status.unwrap().runs.len(), 2);
+}
