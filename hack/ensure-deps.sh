@@ -7,6 +7,8 @@ missing=()
 command -v openssl >/dev/null || missing+=(openssl)
 command -v setsid >/dev/null || missing+=(util-linux)
 command -v prometheus >/dev/null || missing+=(prometheus)
+# promtool (CI checks the chart's alert rules with it) ships in the same package.
+command -v promtool >/dev/null || missing+=(prometheus)
 command -v curl >/dev/null || missing+=(curl)
 if ((${#missing[@]})); then
   echo "[deps] installing ${missing[*]}" >&2

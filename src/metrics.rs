@@ -3,7 +3,9 @@
 
 use std::time::Instant;
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -15,6 +17,17 @@ pub struct Metrics {
     deployments: IntCounterVec,
     lead_time: HistogramVec,
     time_to_restore: HistogramVec,
+    training: TrainingMetrics,
+}
+
+/// Continuous-training metrics, recorded by the TrainingJob controller.
+#[derive(Clone)]
+struct TrainingMetrics {
+    runs_started: IntCounterVec,
+    runs_finished: IntCounterVec,
+    last_success: GaugeVec,
+    drift_value: GaugeVec,
+    drift_threshold: GaugeVec,
 }
 
 impl Default for Metrics {
@@ -78,8 +91,53 @@ impl Metrics {
             &["namespace", "inference_service"],
         )
         .expect("valid metric");
+        let tj_labels = ["namespace", "training_job"];
+        let training = TrainingMetrics {
+            runs_started: IntCounterVec::new(
+                Opts::new(
+                    "mlops_training_runs_started_total",
+                    "Training runs started, by trigger: spec, manual, schedule, drift or data.",
+                ),
+                &["namespace", "training_job", "trigger"],
+            )
+            .expect("valid metric"),
+            runs_finished: IntCounterVec::new(
+                Opts::new(
+                    "mlops_training_runs_total",
+                    "Training runs that finished, by trigger and outcome: succeeded or failed.",
+                ),
+                &["namespace", "training_job", "trigger", "outcome"],
+            )
+            .expect("valid metric"),
+            last_success: GaugeVec::new(
+                Opts::new(
+                    "mlops_training_last_success_timestamp_seconds",
+                    "Completion time (Unix seconds) of the latest successful run in status.runs.",
+                ),
+                &tj_labels,
+            )
+            .expect("valid metric"),
+            drift_value: GaugeVec::new(
+                Opts::new(
+                    "mlops_retrain_drift_value",
+                    "Latest drift value measured by a TrainingJob's drift trigger.",
+                ),
+                &tj_labels,
+            )
+            .expect("valid metric"),
+            drift_threshold: GaugeVec::new(
+                Opts::new("mlops_retrain_drift_threshold", "Threshold of a TrainingJob's drift trigger."),
+                &tj_labels,
+            )
+            .expect("valid metric"),
+        };
         for c in [
-            Box::new(deployments.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(training.runs_started.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(training.runs_finished.clone()),
+            Box::new(training.last_success.clone()),
+            Box::new(training.drift_value.clone()),
+            Box::new(training.drift_threshold.clone()),
+            Box::new(deployments.clone()),
             Box::new(lead_time.clone()),
             Box::new(time_to_restore.clone()),
             Box::new(reconciliations.clone()),
@@ -98,6 +156,58 @@ impl Metrics {
             deployments,
             lead_time,
             time_to_restore,
+            training,
+        }
+    }
+
+    /// A training run started; `trigger` is a short static name (`spec`, `drift`, ...).
+    pub fn training_run_started(&self, namespace: &str, training_job: &str, trigger: &'static str) {
+        self.training.runs_started.with_label_values(&[namespace, training_job, trigger]).inc();
+    }
+
+    /// A training run finished with `outcome` (`succeeded` or `failed`).
+    pub fn training_run_finished(
+        &self,
+        namespace: &str,
+        training_job: &str,
+        trigger: &'static str,
+        outcome: &'static str,
+    ) {
+        self.training.runs_finished.with_label_values(&[namespace, training_job, trigger, outcome]).inc();
+    }
+
+    /// The latest successful run's completion time, or removes the series when none is known.
+    pub fn training_last_success(&self, namespace: &str, training_job: &str, unix_seconds: Option<f64>) {
+        match unix_seconds {
+            Some(s) => self.training.last_success.with_label_values(&[namespace, training_job]).set(s),
+            None => {
+                let _ = self.training.last_success.remove_label_values(&[namespace, training_job]);
+            }
+        }
+    }
+
+    /// The drift trigger's latest value and threshold; `None` removes both series.
+    pub fn retrain_drift(
+        &self,
+        namespace: &str,
+        training_job: &str,
+        value_threshold: Option<(Option<f64>, f64)>,
+    ) {
+        let labels = [namespace, training_job];
+        match value_threshold {
+            Some((value, threshold)) => {
+                self.training.drift_threshold.with_label_values(&labels).set(threshold);
+                match value {
+                    Some(v) => self.training.drift_value.with_label_values(&labels).set(v),
+                    None => {
+                        let _ = self.training.drift_value.remove_label_values(&labels);
+                    }
+                }
+            }
+            None => {
+                let _ = self.training.drift_value.remove_label_values(&labels);
+                let _ = self.training.drift_threshold.remove_label_values(&labels);
+            }
         }
     }
 
@@ -165,6 +275,32 @@ mod tests {
         ));
         assert!(
             text.contains(r#"mlops_operator_reconcile_duration_seconds_count{controller="trainingjob"} 1"#)
+        );
+    }
+
+    #[test]
+    fn records_training_runs_and_drift() {
+        let m = Metrics::new();
+        m.training_run_started("ml", "iris", "drift");
+        m.training_run_finished("ml", "iris", "drift", "succeeded");
+        m.training_last_success("ml", "iris", Some(1.7e9));
+        m.retrain_drift("ml", "iris", Some((Some(0.3), 0.2)));
+        let text = m.render();
+        for line in [
+            r#"mlops_training_runs_started_total{namespace="ml",training_job="iris",trigger="drift"} 1"#,
+            r#"mlops_training_runs_total{namespace="ml",outcome="succeeded",training_job="iris",trigger="drift"} 1"#,
+            r#"mlops_training_last_success_timestamp_seconds{namespace="ml",training_job="iris"} 1700000000"#,
+            r#"mlops_retrain_drift_value{namespace="ml",training_job="iris"} 0.3"#,
+            r#"mlops_retrain_drift_threshold{namespace="ml",training_job="iris"} 0.2"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        m.retrain_drift("ml", "iris", None);
+        m.training_last_success("ml", "iris", None);
+        let text = m.render();
+        assert!(
+            !text.contains("mlops_retrain_drift_value{")
+                && !text.contains("mlops_training_last_success_timestamp_seconds{")
         );
     }
 }

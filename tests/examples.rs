@@ -39,7 +39,11 @@ async fn every_example_is_accepted() {
     }
     let out = env.kubectl(&["get", "mlops", "-o", "name"], None);
     let listed = output_text(&out);
-    for name in ["trainingjob.mlops.dev/iris", "modelversion.mlops.dev/iris-annotated", "inferenceservice.mlops.dev/iris"] {
+    for name in [
+        "trainingjob.mlops.dev/iris",
+        "modelversion.mlops.dev/iris-annotated",
+        "inferenceservice.mlops.dev/iris",
+    ] {
         assert!(listed.contains(name), "`kubectl get mlops` lists {name}: {listed}");
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use k8s_openapi::api::{batch::v1::Job, core::v1::Service};
 use kube::{
     Api,
-    api::{DeleteParams, ListParams, Patch, PatchParams},
+    api::{DeleteParams, ListParams},
 };
 use mlops_operator::api::{
     InferenceService, ModelVersion, TrainingJob,
@@ -173,30 +173,21 @@ async fn deleting_a_served_model_version_is_refused_until_nothing_serves_it() {
     .await;
     wait_condition(&mvs, "imported-v1", cond::VALIDATED, "True", Duration::from_secs(30)).await;
 
-    // An InferenceService whose status says it serves the version. (This test writes that
-    // status itself, standing in for the InferenceService controller.)
+    // The InferenceService controller serves the pinned version.
     apply(
         &env,
         r#"{"apiVersion":"mlops.dev/v1alpha1","kind":"InferenceService","metadata":{"name":"web"},
             "spec":{"model":"iris","version":"imported-v1","runtime":{"preset":"MlopsRuntime"}}}"#,
     );
     let isvcs: Api<InferenceService> = env.api();
-    // Applying an empty status as the same field manager gives up the stable field.
-    let serve = |version: Option<&str>| {
-        let status = match version {
-            Some(v) => json!({"stable": {"version": v, "weight": 100}}),
-            None => json!({}),
-        };
-        json!({"apiVersion": "mlops.dev/v1alpha1", "kind": "InferenceService", "status": status})
-    };
-    isvcs
-        .patch_status(
-            "web",
-            &PatchParams::apply("e2e-standin").force(),
-            &Patch::Apply(serve(Some("imported-v1"))),
-        )
-        .await
-        .unwrap();
+    wait_for(&isvcs, "web", Duration::from_secs(30), "imported-v1 as the stable version", |s| {
+        s.status.as_ref().and_then(|st| st.stable.as_ref()).is_some_and(|st| st.version == "imported-v1")
+    })
+    .await;
+    wait_for(&mvs, "imported-v1", Duration::from_secs(30), "servingIn to name web", |mv| {
+        mv.status.as_ref().is_some_and(|s| s.serving_in == ["web"])
+    })
+    .await;
 
     let out = env.kubectl(&["delete", "modelversion", "imported-v1", "--wait=false"], None);
     assert!(out.status.success(), "{}", output_text(&out));
@@ -211,10 +202,7 @@ async fn deleting_a_served_model_version_is_refused_until_nothing_serves_it() {
     assert!(mvs.get_opt("imported-v1").await.unwrap().is_some(), "a served version was deleted");
 
     // Once nothing serves it, the deletion completes.
-    isvcs
-        .patch_status("web", &PatchParams::apply("e2e-standin").force(), &Patch::Apply(serve(None)))
-        .await
-        .unwrap();
+    isvcs.delete("web", &DeleteParams::default()).await.unwrap();
     testkit::wait_until(Duration::from_secs(30), "the ModelVersion to be deleted", || async {
         matches!(mvs.get_opt("imported-v1").await, Ok(None)).then_some(())
     })
@@ -363,4 +351,28 @@ async fn distributed_workers_rendezvous_and_produce_one_model_version() {
     assert_eq!(all.len(), 1, "one ModelVersion for the whole distributed run");
     assert_eq!(all[0].spec.metrics["peers"], 1.0, "rank 0 heard from rank 1");
     assert_eq!(all[0].spec.metrics["workers"], 2.0);
+}
+
+#[tokio::test]
+async fn a_suspended_training_job_starts_nothing_until_resumed() {
+    let Some(env) = TestEnv::start("train-suspend").await else { return };
+    install_crds();
+    let _op = Operator::start(OPERATOR, &env.namespace, &[]);
+    apply(&env, &training_job("paused", &env.namespace, json!({"suspend": true})));
+    let tjs: Api<TrainingJob> = env.api();
+    let tj = wait_for(&tjs, "paused", Duration::from_secs(30), "a status saying it is suspended", |tj| {
+        tj.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.reason == "Suspended"))
+    })
+    .await;
+    assert!(tj.status.unwrap().runs.is_empty());
+    assert!(
+        env.api::<Job>().list(&ListParams::default()).await.unwrap().items.is_empty(),
+        "no Job while suspended"
+    );
+    let out = env.kubectl(
+        &["patch", "trainingjob", "paused", "--type", "merge", "-p", r#"{"spec":{"suspend":false}}"#],
+        None,
+    );
+    assert!(out.status.success(), "{}", output_text(&out));
+    wait_condition(&tjs, "paused", cond::SUCCEEDED, "True", TRAINING).await;
 }

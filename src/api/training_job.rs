@@ -442,7 +442,9 @@ pub struct Retrain {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<DataTrigger>,
 
-    /// Least time between two triggered runs. Default 3600.
+    /// Least time between the start of a triggered run and a drift or data trigger
+    /// starting the next one; pending triggers wait and then start one run. The schedule is
+    /// not held back (it is its own rate). Default 3600.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub cooldown_seconds: Option<i64>,
@@ -476,7 +478,8 @@ pub struct DriftTrigger {
     pub inference_service_ref: Option<LocalRef>,
 
     /// PromQL instant query giving the drift value (overrides the default). Placeholders:
-    /// `{{namespace}}`, `{{name}}` (the InferenceService), `{{model}}`.
+    /// `{{namespace}}`, `{{name}}` (the InferenceService), `{{model}}`, `{{modelVersion}}`
+    /// (the InferenceService's stable version).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 4096))]
     pub query: Option<String>,
@@ -495,8 +498,11 @@ pub struct DriftTrigger {
     pub check_interval_seconds: Option<i64>,
 }
 
-/// Data trigger: the dataset's digest (or ETag) is checked at an interval; a change starts
-/// a run on the new snapshot.
+/// Data trigger: the dataset's digest is checked at an interval; a change starts a run on
+/// the new snapshot. The operator hashes `file://` datasets itself (sha256 of the file as
+/// the operator's filesystem sees it, the local platform's case); it cannot read `pvc://`
+/// claims or `s3://` objects (no credentials of its own), so for those the check reports
+/// why in `status.triggers.message` and never fires.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataTrigger {
@@ -670,12 +676,19 @@ pub struct TriggerStatus {
     /// When the drift query last ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_drift_check_time: Option<Time>,
-    /// Dataset digest (or ETag) seen at the last check.
+    /// Dataset digest the latest run started with (at first, the digest of the first
+    /// check): a check that finds another digest wants a run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataset_digest: Option<String>,
+    /// Dataset digest seen at the last check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_dataset_digest: Option<String>,
     /// When the dataset was last checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_data_check_time: Option<Time>,
+    /// What the triggers are waiting for or why a check failed (cooldown, no data, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 pub mod desired;
 pub mod result;
 pub mod status;
+pub mod triggers;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -20,13 +21,22 @@ use k8s_openapi::{
 use kube::{
     Api, ResourceExt,
     api::{ListParams, Patch, PatchParams, PostParams},
-    runtime::{Controller, controller::Action, events::EventType, watcher},
+    runtime::{Controller, controller::Action, events::EventType, reflector::ObjectRef, watcher},
 };
 use tracing::{info, instrument};
 
-use self::status::{Observed, PodOutcome};
+use self::{
+    status::{Observed, PodOutcome},
+    triggers::Reading,
+};
 use super::{Context, Error, Result, apply, apply_status};
-use crate::api::{self, ModelVersion, TrainingJob};
+use crate::{
+    api::{
+        self, InferenceService, ModelVersion, TrainingJob,
+        training_job::{RunOutcome, TriggerType},
+    },
+    rollout::Sample,
+};
 
 pub const CONTROLLER: &str = "trainingjob";
 
@@ -34,6 +44,15 @@ pub const CONTROLLER: &str = "trainingjob";
 pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
     Controller::new(ctx.watched::<TrainingJob>(), watcher::Config::default().any_semantic())
         .owns(ctx.watched::<Job>(), watcher::Config::default().labels(api::LABEL_TRAINING_JOB))
+        // A produced version's validation verdict is reported on its TrainingJob.
+        .watches(
+            ctx.watched::<ModelVersion>(),
+            watcher::Config::default().labels(api::LABEL_TRAINING_JOB),
+            |mv: ModelVersion| {
+                let ns = mv.namespace().unwrap_or_default();
+                mv.labels().get(api::LABEL_TRAINING_JOB).map(|n| ObjectRef::new(n).within(&ns))
+            },
+        )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, |tj, err, ctx| ctx.error_action(CONTROLLER, tj.as_ref(), err), ctx)
         .for_each(|_| futures::future::ready(()))
@@ -68,7 +87,35 @@ async fn reconcile(tj: Arc<TrainingJob>, ctx: Arc<Context>) -> Result<Action> {
             pods.insert(job.name_any(), trainer_outcome(&pods_api, &job.name_any()).await?);
         }
     }
-    let observed = Observed { jobs, pods, now: Some(Time(k8s_openapi::jiff::Timestamp::now())) };
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let retrain = tj.spec.retrain.as_ref();
+    let (drift_due, data_due) =
+        triggers::checks_due(retrain, tj.status.as_ref().and_then(|s| s.triggers.as_ref()), now);
+    let mut readings = triggers::Readings::default();
+    if drift_due {
+        readings.drift = Some(measure_drift(&ctx, &tj, &ns).await?);
+    }
+    if data_due {
+        readings.dataset = Some(dataset_digest(&tj.spec.dataset.uri).await);
+    }
+    let latest_version = match tj.status.as_ref().and_then(|s| s.latest_model_version.clone()) {
+        Some(name) => {
+            Api::<ModelVersion>::namespaced(ctx.client.clone(), &ns).get_opt(&name).await?.and_then(|mv| {
+                let c = mv
+                    .status?
+                    .conditions
+                    .into_iter()
+                    .find(|c| c.type_ == crate::api::conditions::VALIDATED)?;
+                Some(status::Verdict {
+                    model_version: name,
+                    validated: c.status == "True",
+                    message: c.message,
+                })
+            })
+        }
+        None => None,
+    };
+    let observed = Observed { jobs, pods, now: Some(Time(now)), readings, latest_version };
     let plan =
         status::plan(&tj, &observed, |run| desired::desired_job(&tj, run).err().map(|e| e.to_string()));
 
@@ -102,14 +149,109 @@ async fn reconcile(tj: Arc<TrainingJob>, ctx: Arc<Context>) -> Result<Action> {
         apply_status(&Api::<TrainingJob>::namespaced(ctx.client.clone(), &ns), tj.as_ref(), &plan.status)
             .await?;
     }
-    for ev in plan.events {
+    for ev in plan.events.iter().cloned() {
         let type_ = if ev.warning { EventType::Warning } else { EventType::Normal };
         ctx.event(tj.as_ref(), type_, ev.reason, "Reconcile", ev.note).await;
     }
+    record_metrics(&ctx, &tj, &ns, &plan);
     ctx.reset_failures(tj.as_ref());
-    // Watches drive progress; the periodic requeue is only a safety net for missed events.
+    // Watches drive progress; the periodic requeue is only a safety net for missed events,
+    // except for the retrain triggers, which are due at times no watch announces.
     let active = !plan.status.active_runs.is_empty();
-    Ok(Action::requeue(Duration::from_secs(if active { 30 } else { 600 })))
+    let safety_net = Duration::from_secs(if active { 30 } else { 600 });
+    Ok(Action::requeue(plan.requeue_after.map_or(safety_net, |t| t.min(safety_net))))
+}
+
+fn record_metrics(ctx: &Context, tj: &TrainingJob, ns: &str, plan: &status::Plan) {
+    let name = tj.name_any();
+    if let Some(run) = &plan.start_run {
+        ctx.metrics.training_run_started(ns, &name, trigger_label(run.trigger.type_));
+    }
+    for run in &plan.finished_runs {
+        let outcome = if run.outcome == RunOutcome::Succeeded { "succeeded" } else { "failed" };
+        ctx.metrics.training_run_finished(ns, &name, trigger_label(run.trigger.type_), outcome);
+    }
+    let last_success = plan
+        .status
+        .runs
+        .iter()
+        .filter(|r| r.outcome == RunOutcome::Succeeded)
+        .filter_map(|r| r.completion_time.as_ref())
+        .map(|t| t.0.as_millisecond() as f64 / 1000.0)
+        .reduce(f64::max);
+    if last_success.is_some() {
+        ctx.metrics.training_last_success(ns, &name, last_success);
+    }
+    let drift = tj
+        .spec
+        .retrain
+        .as_ref()
+        .and_then(|r| r.drift.as_ref())
+        .map(|d| (plan.status.triggers.as_ref().and_then(|t| t.drift_value), d.threshold));
+    ctx.metrics.retrain_drift(ns, &name, drift);
+}
+
+fn trigger_label(t: TriggerType) -> &'static str {
+    match t {
+        TriggerType::Spec => "spec",
+        TriggerType::Manual => "manual",
+        TriggerType::Schedule => "schedule",
+        TriggerType::Drift => "drift",
+        TriggerType::Data => "data",
+    }
+}
+
+/// The drift trigger's value: its query, or by default the highest feature PSI of the
+/// referenced InferenceService's stable version.
+async fn measure_drift(ctx: &Context, tj: &TrainingJob, ns: &str) -> Result<Reading<f64>> {
+    let Some(drift) = tj.spec.retrain.as_ref().and_then(|r| r.drift.as_ref()) else {
+        return Ok(Reading::NoData("no drift trigger".into()));
+    };
+    let Some(prometheus) = &ctx.prometheus else {
+        return Ok(Reading::Error("the operator runs without --prometheus-url".into()));
+    };
+    let service = drift.inference_service_ref.as_ref().map(|r| r.name.clone());
+    let stable = match &service {
+        Some(name) => Api::<InferenceService>::namespaced(ctx.client.clone(), ns)
+            .get_opt(name)
+            .await?
+            .and_then(|i| i.status?.stable.map(|s| s.version)),
+        None => None,
+    };
+    let query = match (&drift.query, &service, &stable) {
+        (Some(q), _, _) => {
+            triggers::drift_query(q, ns, service.as_deref(), &tj.spec.model, stable.as_deref())
+        }
+        (None, Some(_), Some(version)) => triggers::default_drift_query(ns, version),
+        (None, Some(name), None) => {
+            return Ok(Reading::NoData(format!("InferenceService {name} serves no version yet")));
+        }
+        (None, None, _) => return Ok(Reading::Error("drift needs inferenceServiceRef or query".into())),
+    };
+    Ok(match prometheus.query(&query).await {
+        Sample::Value(v) => Reading::Value(v),
+        Sample::NoData => Reading::NoData(format!("{query} returned no series")),
+        Sample::Error(e) => Reading::Error(e),
+    })
+}
+
+/// The dataset's digest, `sha256:<hex>` of the file for `file://`. The operator cannot
+/// read `pvc://` claims, and has no S3 credentials of its own for `s3://` objects.
+async fn dataset_digest(uri: &str) -> Reading<String> {
+    if let Some(path) = uri.strip_prefix("file://") {
+        let path = path.to_string();
+        return match tokio::task::spawn_blocking(move || triggers::file_digest(std::path::Path::new(&path)))
+            .await
+        {
+            Ok(Ok(digest)) => Reading::Value(digest),
+            Ok(Err(e)) => Reading::Error(e),
+            Err(e) => Reading::Error(format!("hashing the dataset: {e}")),
+        };
+    }
+    let scheme = uri.split("://").next().unwrap_or("");
+    Reading::Error(format!(
+        "the data trigger cannot check {scheme}:// datasets (the operator reads only file:// datasets itself)"
+    ))
 }
 
 fn is_finished(job: &Job) -> bool {

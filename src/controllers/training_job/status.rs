@@ -13,6 +13,7 @@ use kube::ResourceExt;
 use super::{
     desired::{ANNOTATION_GENERATION, ANNOTATION_RUN_RECIPE, RunRecipe, RunRef, run_name},
     result::{self, TrainerResult},
+    triggers::{self, Readings},
 };
 use crate::api::{
     self, ModelVersion, ModelVersionSpec, TrainingJob, TrainingJobStatus,
@@ -42,6 +43,18 @@ pub struct Observed {
     /// For finished Jobs: what their trainer pod left behind, by Job name.
     pub pods: BTreeMap<String, PodOutcome>,
     pub now: Option<Time>,
+    /// Drift and dataset measurements taken for the retrain triggers this reconcile.
+    pub readings: Readings,
+    /// The `Validated` verdict of `status.latestModelVersion`, once it has one.
+    pub latest_version: Option<Verdict>,
+}
+
+/// A produced ModelVersion's `Validated` condition.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verdict {
+    pub model_version: String,
+    pub validated: bool,
+    pub message: String,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -63,6 +76,10 @@ pub struct Plan {
     pub events: Vec<EventNote>,
     /// A spec problem only the controller can see: `Stalled=True`, no run started.
     pub spec_error: Option<String>,
+    /// Runs that finished in this reconcile (for the training metrics).
+    pub finished_runs: Vec<RunRecord>,
+    /// When the retrain triggers want another look (next cron time, next check, cooldown end).
+    pub requeue_after: Option<std::time::Duration>,
 }
 
 fn job_condition<'a>(job: &'a Job, type_: &str) -> Option<&'a k8s_openapi::api::batch::v1::JobCondition> {
@@ -125,6 +142,7 @@ pub fn plan(tj: &TrainingJob, observed: &Observed, spec_check: impl Fn(&RunRef) 
             Some(job) => follow(run, job, observed.pods.get(&run.job_name), &now, &mut plan, tj),
         }
         if run.outcome != before && run.outcome.is_finished() {
+            plan.finished_runs.push(run.clone());
             plan.events.push(match run.outcome {
                 RunOutcome::Succeeded => EventNote {
                     warning: false,
@@ -155,7 +173,9 @@ pub fn plan(tj: &TrainingJob, observed: &Observed, spec_check: impl Fn(&RunRef) 
         }
     }
 
-    // 2. Start a run when this generation has none yet, or a retry was asked for.
+    // 2. Start a run when this generation has none yet, a retry was asked for, or a
+    //    retrain trigger wants one. At most one run starts per reconcile, and it covers
+    //    every trigger pending now (de-duplication).
     let known_generation = status.runs.iter().any(|r| r.generation == Some(generation))
         || observed.jobs.values().any(|j| generation_of(j) == Some(generation));
     let retry_value = tj.annotations().get(api::ANNOTATION_RETRY).cloned();
@@ -164,9 +184,24 @@ pub fn plan(tj: &TrainingJob, observed: &Observed, spec_check: impl Fn(&RunRef) 
     let active = status.runs.iter().filter(|r| !r.outcome.is_finished()).count();
     let max_active =
         tj.spec.retrain.as_ref().and_then(|r| r.max_concurrent_runs).unwrap_or(1).max(1) as usize;
-    let wants = !known_generation || retry;
+    let can_start = active < max_active && !tj.spec.suspend;
+    let assessment = triggers::assess(
+        tj.spec.retrain.as_ref(),
+        status.triggers.as_ref(),
+        &observed.readings,
+        tj.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        now.0,
+        can_start,
+    );
+    plan.events.extend(assessment.events.iter().cloned());
+    plan.requeue_after = assessment.requeue_after;
+    let mut trigger_state = assessment.state.clone();
+    if let Some(err) = &assessment.spec_error {
+        plan.spec_error = Some(err.clone());
+    }
+    let wants = !known_generation || retry || assessment.wanted.is_some();
     let mut waiting_for_slot = false;
-    if wants && !tj.spec.suspend {
+    if wants && !tj.spec.suspend && plan.spec_error.is_none() {
         if active >= max_active {
             waiting_for_slot = true;
         } else {
@@ -175,10 +210,9 @@ pub fn plan(tj: &TrainingJob, observed: &Observed, spec_check: impl Fn(&RunRef) 
                 .unwrap_or(0)
                 .max(observed.jobs.values().filter_map(number_of).max().unwrap_or(0))
                 + 1;
-            let trigger = RunTrigger {
-                type_: if retry && known_generation { TriggerType::Manual } else { TriggerType::Spec },
-                time: Some(now.clone()),
-                message: Some(if retry && known_generation {
+            let trigger = if !known_generation || retry {
+                let manual = retry && known_generation;
+                let mut message = if manual {
                     format!(
                         "{} annotation set to {:?}",
                         api::ANNOTATION_RETRY,
@@ -186,8 +220,19 @@ pub fn plan(tj: &TrainingJob, observed: &Observed, spec_check: impl Fn(&RunRef) 
                     )
                 } else {
                     format!("generation {generation}")
-                }),
-                ..RunTrigger::default()
+                };
+                if let Some(covered) = assessment.wanted.as_ref().and_then(|w| w.message.as_deref()) {
+                    message =
+                        crate::controllers::truncate(format!("{message}; also covers: {covered}"), 1000);
+                }
+                RunTrigger {
+                    type_: if manual { TriggerType::Manual } else { TriggerType::Spec },
+                    time: Some(now.clone()),
+                    message: Some(message),
+                    ..RunTrigger::default()
+                }
+            } else {
+                assessment.wanted.clone().unwrap_or_default()
             };
             let run = RunRef { name: run_name(&tj.name_any(), number), number, generation, trigger };
             match spec_check(&run) {
@@ -208,16 +253,31 @@ pub fn plan(tj: &TrainingJob, observed: &Observed, spec_check: impl Fn(&RunRef) 
                         status.manual_actions.get_or_insert_with(Default::default).retry =
                             retry_value.clone();
                     }
-                    plan.events.push(EventNote {
-                        warning: false,
-                        reason: "RunStarted",
-                        note: format!("started run {} ({:?} trigger)", run.name, run.trigger.type_),
+                    triggers::consume(&mut trigger_state, &assessment, &run.trigger, now.0);
+                    plan.events.push(match run.trigger.type_ {
+                        TriggerType::Spec | TriggerType::Manual => EventNote {
+                            warning: false,
+                            reason: "RunStarted",
+                            note: format!("started run {} ({:?} trigger)", run.name, run.trigger.type_),
+                        },
+                        t => EventNote {
+                            warning: false,
+                            reason: "RunTriggered",
+                            note: format!(
+                                "started run {} ({t:?} trigger): {}",
+                                run.name,
+                                run.trigger.message.as_deref().unwrap_or("")
+                            ),
+                        },
                     });
                     plan.start_run = Some(run);
                 }
             }
         }
     }
+    status.triggers = (tj.spec.retrain.is_some() || status.triggers.is_some())
+        .then_some(trigger_state)
+        .filter(|s| !triggers::is_empty(s));
 
     // 3. Bounded history: drop the oldest finished runs.
     while status.runs.len() > RUN_HISTORY_LIMIT {
@@ -242,7 +302,17 @@ pub fn plan(tj: &TrainingJob, observed: &Observed, spec_check: impl Fn(&RunRef) 
     let mut set = |type_: &str, value: &str, reason: &str, message: String| {
         set_condition(&mut conds, new_condition(type_, value, reason, message, g, now.clone()), now.clone());
     };
-    let active_names = status.active_runs.join(", ");
+    // Triggered runs say what started them (`iris-r4 (Drift trigger)`).
+    let active_names = status
+        .runs
+        .iter()
+        .filter(|r| !r.outcome.is_finished())
+        .map(|r| match r.trigger.type_ {
+            TriggerType::Spec | TriggerType::Manual => r.name.clone(),
+            t => format!("{} ({t:?} trigger)", r.name),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
     if let Some(err) = &plan.spec_error {
         set(cond::STALLED, cond::STATUS_TRUE, "InvalidSpec", err.clone());
         set(cond::RECONCILING, cond::STATUS_FALSE, "InvalidSpec", "waiting for the spec to be fixed".into());
@@ -271,14 +341,16 @@ pub fn plan(tj: &TrainingJob, observed: &Observed, spec_check: impl Fn(&RunRef) 
     {
         let ok = run.outcome == RunOutcome::Succeeded;
         let (reason, msg) = if ok {
-            (
-                "RunSucceeded",
-                format!(
-                    "run {} produced ModelVersion {}",
-                    run.name,
-                    run.model_version.as_deref().unwrap_or("-")
-                ),
-            )
+            let mv = run.model_version.as_deref().unwrap_or("-");
+            // A rejected version is the loop working (nothing is deployed), not a failed
+            // run; the message says why so `kubectl get tj -o wide` tells the story.
+            let verdict = match &observed.latest_version {
+                Some(v) if v.model_version == mv && !v.validated => {
+                    format!(", which failed validation: {}", v.message)
+                }
+                _ => String::new(),
+            };
+            ("RunSucceeded", format!("run {} produced ModelVersion {mv}{verdict}", run.name))
         } else {
             (
                 run.reason.as_deref().unwrap_or("RunFailed"),
@@ -415,5 +487,256 @@ pub fn model_version(
             gates: recipe.gates.clone(),
         },
         status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::{
+        api::batch::v1::{JobCondition, JobStatus},
+        jiff::{SignedDuration, Timestamp},
+    };
+
+    use super::*;
+    use crate::{
+        api::{
+            common::LocalRef,
+            training_job::{DataTrigger, DriftTrigger, Retrain},
+        },
+        controllers::training_job::{
+            desired,
+            triggers::{Reading, Readings},
+        },
+    };
+
+    fn at(secs: i64) -> Time {
+        Time("2025-01-01T00:00:00Z".parse::<Timestamp>().unwrap() + SignedDuration::from_secs(secs))
+    }
+
+    fn tj(retrain: Retrain) -> TrainingJob {
+        let mut tj: TrainingJob = serde_json::from_value(serde_json::json!({
+            "apiVersion": "mlops.dev/v1alpha1", "kind": "TrainingJob",
+            "metadata": {"name": "iris", "namespace": "ml", "uid": "u1", "generation": 1,
+                         "creationTimestamp": "2025-01-01T00:00:00Z"},
+            "spec": {"model": "iris", "dataset": {"uri": "file:///d.csv"},
+                     "trainer": {"image": "mlops-runtime:dev"}, "output": {"uri": "file:///out"}}
+        }))
+        .unwrap();
+        tj.spec.retrain = Some(retrain);
+        tj
+    }
+
+    fn job(tj: &TrainingJob, run: &RunRef, condition: Option<&str>) -> Job {
+        let mut job = desired::desired_job(tj, run).unwrap();
+        job.status = Some(JobStatus {
+            active: Some(i32::from(condition.is_none())),
+            conditions: condition.map(|c| {
+                vec![JobCondition { type_: c.into(), status: "True".into(), ..JobCondition::default() }]
+            }),
+            ..JobStatus::default()
+        });
+        job
+    }
+
+    fn reconcile(
+        tj: &mut TrainingJob,
+        jobs: &mut BTreeMap<String, Job>,
+        readings: Readings,
+        now: Time,
+    ) -> Plan {
+        let observed = Observed { jobs: jobs.clone(), now: Some(now), readings, ..Observed::default() };
+        let plan = plan(tj, &observed, |_| None);
+        if let Some(run) = &plan.start_run {
+            jobs.insert(run.name.clone(), job(tj, run, None));
+        }
+        tj.status = Some(plan.status.clone());
+        plan
+    }
+
+    fn drift(v: f64) -> Readings {
+        Readings { drift: Some(Reading::Value(v)), dataset: None }
+    }
+
+    #[test]
+    fn a_drift_storm_gives_one_triggered_run_that_records_its_trigger() {
+        let mut tj = tj(Retrain {
+            drift: Some(DriftTrigger {
+                inference_service_ref: Some(LocalRef::new("iris")),
+                threshold: 0.2,
+                for_seconds: Some(20),
+                check_interval_seconds: Some(10),
+                ..DriftTrigger::default()
+            }),
+            cooldown_seconds: Some(600),
+            ..Retrain::default()
+        });
+        let mut jobs = BTreeMap::new();
+        // Generation 1 starts its Spec run; it finishes.
+        let p = reconcile(&mut tj, &mut jobs, drift(0.05), at(0));
+        assert_eq!(p.start_run.as_ref().unwrap().trigger.type_, TriggerType::Spec);
+        let r1 = p.start_run.unwrap();
+        jobs.insert(r1.name.clone(), job(&tj, &r1, Some("Failed")));
+        let p = reconcile(&mut tj, &mut jobs, Readings::default(), at(5));
+        assert!(p.start_run.is_none());
+        assert_eq!(p.finished_runs.len(), 1);
+
+        // Drift rises and holds; the run starts once the hold is over, and only once.
+        let mut started = Vec::new();
+        for (sec, value) in [(10, 0.3), (20, 0.4), (30, 0.5), (40, 0.6), (50, 0.7), (60, 0.8)] {
+            let p = reconcile(&mut tj, &mut jobs, drift(value), at(sec));
+            if let Some(run) = p.start_run.clone() {
+                assert!(
+                    p.events.iter().any(|e| e.reason == "RunTriggered" && e.note.contains("Drift trigger"))
+                );
+                started.push((sec, run));
+            }
+        }
+        assert_eq!(started.len(), 1, "{started:?}");
+        let (sec, run) = &started[0];
+        assert_eq!(*sec, 30, "armed at 10 s, held for 20 s");
+        assert_eq!((run.trigger.type_, run.trigger.drift_value), (TriggerType::Drift, Some(0.5)));
+        assert_eq!(run.trigger.time, Some(at(30)));
+        let status = tj.status.clone().unwrap();
+        assert_eq!(status.runs.last().unwrap().trigger, run.trigger);
+        let reconciling = status.conditions.iter().find(|c| c.type_ == cond::RECONCILING).unwrap();
+        assert_eq!(reconciling.status, "True");
+        assert!(reconciling.message.contains("iris-r2 (Drift trigger)"), "{}", reconciling.message);
+        let triggers = status.triggers.unwrap();
+        assert_eq!(triggers.last_trigger_time, Some(at(30)));
+        assert!(triggers.message.unwrap().contains("cooldown"));
+
+        // The run succeeds: the ModelVersion's lineage names the trigger.
+        let mut done = job(&tj, run, Some("Complete"));
+        done.status.as_mut().unwrap().active = Some(0);
+        let result = result::parse(Some(
+            r#"{"version":1,"metrics":{"accuracy":0.9},"artifact":{"uri":"file:///out/iris-r2/model.json"}}"#,
+        ))
+        .unwrap();
+        let record = tj.status.as_ref().unwrap().runs.last().cloned().unwrap();
+        let mv = model_version(&tj, &record, &done, &result, None, &at(70));
+        assert_eq!(mv.spec.lineage.unwrap().trigger, Some(run.trigger.clone()));
+    }
+
+    #[test]
+    fn triggers_wait_for_a_free_slot_and_a_suspended_job_starts_nothing() {
+        let mut tj = tj(Retrain {
+            data: Some(DataTrigger { check_interval_seconds: Some(10) }),
+            cooldown_seconds: Some(0),
+            ..Retrain::default()
+        });
+        let mut jobs = BTreeMap::new();
+        let digest = |d: &str| Readings { drift: None, dataset: Some(Reading::Value(d.into())) };
+        let p = reconcile(&mut tj, &mut jobs, digest("sha256:a"), at(0));
+        assert_eq!(p.start_run.unwrap().trigger.type_, TriggerType::Spec);
+        // A new digest while the Spec run is active: waits, says so.
+        let p = reconcile(&mut tj, &mut jobs, digest("sha256:b"), at(10));
+        assert!(p.start_run.is_none());
+        let ready = p.status.conditions.iter().find(|c| c.type_ == cond::READY).unwrap();
+        assert!(ready.message.contains("a new run starts when it finishes"), "{}", ready.message);
+        // The Spec run finishes; the pending data change starts exactly one run.
+        let r1 = tj.status.as_ref().unwrap().runs[0].name.clone();
+        let finished = {
+            let mut j = jobs[&r1].clone();
+            j.status = Some(JobStatus {
+                conditions: Some(vec![JobCondition {
+                    type_: "Failed".into(),
+                    status: "True".into(),
+                    ..JobCondition::default()
+                }]),
+                ..JobStatus::default()
+            });
+            j
+        };
+        jobs.insert(r1, finished);
+        let p = reconcile(&mut tj, &mut jobs, Readings::default(), at(15));
+        let run = p.start_run.unwrap();
+        assert_eq!(
+            (run.trigger.type_, run.trigger.dataset_digest.as_deref()),
+            (TriggerType::Data, Some("sha256:b"))
+        );
+        let p = reconcile(&mut tj, &mut jobs, digest("sha256:b"), at(25));
+        assert!(p.start_run.is_none(), "the change is covered");
+
+        // Suspended: the trigger stays pending, no run.
+        tj.spec.suspend = true;
+        let r2 = run.name.clone();
+        let mut j = jobs[&r2].clone();
+        j.status.as_mut().unwrap().conditions = Some(vec![JobCondition {
+            type_: "Failed".into(),
+            status: "True".into(),
+            ..JobCondition::default()
+        }]);
+        jobs.insert(r2, j);
+        let p = reconcile(&mut tj, &mut jobs, digest("sha256:c"), at(35));
+        assert!(p.start_run.is_none());
+        tj.spec.suspend = false;
+        let p = reconcile(&mut tj, &mut jobs, Readings::default(), at(36));
+        assert_eq!(p.start_run.unwrap().trigger.dataset_digest.as_deref(), Some("sha256:c"));
+    }
+
+    #[test]
+    fn a_rejected_version_is_reported_on_the_training_job() {
+        let mut tj = tj(Retrain { data: Some(DataTrigger::default()), ..Retrain::default() });
+        let mut jobs = BTreeMap::new();
+        let run = reconcile(&mut tj, &mut jobs, Readings::default(), at(0)).start_run.unwrap();
+        let mut done = job(&tj, &run, Some("Complete"));
+        done.status.as_mut().unwrap().active = Some(0);
+        jobs.insert(run.name.clone(), done);
+        let result =
+            r#"{"version":1,"metrics":{"f1":0.3},"artifact":{"uri":"file:///out/iris-r1/model.json"}}"#;
+        let observed = Observed {
+            jobs,
+            pods: BTreeMap::from([(
+                run.name.clone(),
+                PodOutcome { message: Some(result.into()), ..PodOutcome::default() },
+            )]),
+            now: Some(at(10)),
+            latest_version: Some(Verdict {
+                model_version: "iris-r1".into(),
+                validated: false,
+                message: "gate f1 >= serving - 0.05 failed: 0.3 < 0.92".into(),
+            }),
+            ..Observed::default()
+        };
+        let p = plan(&tj, &observed, |_| None);
+        let ready = p.status.conditions.iter().find(|c| c.type_ == cond::READY).unwrap();
+        assert_eq!(ready.status, "True");
+        assert!(
+            ready.message.contains("produced ModelVersion iris-r1, which failed validation: gate f1"),
+            "{}",
+            ready.message
+        );
+    }
+
+    #[test]
+    fn a_bad_schedule_stalls_without_starting_runs() {
+        let mut tj = tj(Retrain {
+            schedule: Some("0 3 * * *".into()),
+            time_zone: Some("Mars/Olympus".into()),
+            ..Retrain::default()
+        });
+        let mut jobs = BTreeMap::new();
+        let p = reconcile(&mut tj, &mut jobs, Readings::default(), at(0));
+        assert!(p.start_run.is_none());
+        let stalled = p.status.conditions.iter().find(|c| c.type_ == cond::STALLED).unwrap();
+        assert_eq!((stalled.status.as_str(), stalled.reason.as_str()), ("True", "InvalidSpec"));
+        assert!(stalled.message.contains("unknown time zone"), "{}", stalled.message);
+    }
+
+    #[test]
+    fn a_schedule_fires_on_time_and_requeues_for_the_next_time() {
+        let mut tj = tj(Retrain { schedule: Some("*/10 * * * *".into()), ..Retrain::default() });
+        let mut jobs = BTreeMap::new();
+        let p = reconcile(&mut tj, &mut jobs, Readings::default(), at(0));
+        let r1 = p.start_run.unwrap();
+        assert_eq!(r1.trigger.type_, TriggerType::Spec);
+        assert_eq!(p.requeue_after, Some(std::time::Duration::from_secs(600)));
+        jobs.insert(r1.name.clone(), job(&tj, &r1, Some("Failed")));
+        let p = reconcile(&mut tj, &mut jobs, Readings::default(), at(601));
+        let run = p.start_run.unwrap();
+        assert_eq!(run.trigger.type_, TriggerType::Schedule);
+        assert_eq!(run.trigger.schedule_time, Some(at(600)));
+        let t = p.status.triggers.unwrap();
+        assert_eq!((t.last_schedule_time, t.next_schedule_time), (Some(at(600)), Some(at(1200))));
     }
 }

@@ -1,0 +1,312 @@
+//! Continuous training end to end, on the local cluster with the local node and the real
+//! Prometheus: drift measured from real inference traffic re-trains, validates against
+//! the serving version, canaries and promotes; a worse re-training is rejected by its
+//! relative gate and nothing is deployed; a storm of dataset changes gives one run.
+
+use std::{io::Read, io::Write, net::TcpStream, path::PathBuf, time::Duration};
+
+use kube::Api;
+use mlops_operator::api::{
+    InferenceService, ModelVersion, TrainingJob, conditions as cond, training_job::TriggerType,
+};
+use serde_json::json;
+use testkit::{
+    Operator, TestEnv, install_crds, output_text, repo_root, wait_condition, wait_for, wait_until,
+};
+
+const OPERATOR: &str = env!("CARGO_BIN_EXE_mlops-operator");
+
+/// The iris rows (header first), features and labels as text.
+fn iris() -> Vec<Vec<String>> {
+    std::fs::read_to_string(repo_root().join("runtime/testdata/iris.csv"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect()
+}
+
+/// Iris with every feature multiplied by `scale` (a shifted population, same labels).
+fn scaled_iris(scale: f64) -> String {
+    let rows = iris();
+    let mut out = rows[0].join(",") + "\n";
+    for r in &rows[1..] {
+        let features: Vec<String> =
+            r[..4].iter().map(|v| format!("{:.3}", v.parse::<f64>().unwrap() * scale)).collect();
+        out += &format!("{},{}\n", features.join(","), r[4]);
+    }
+    out
+}
+
+/// Iris with its labels rotated by `shift` rows (a deliberately bad snapshot: the labels
+/// no longer follow the features).
+fn mislabelled_iris(shift: usize) -> String {
+    let rows = iris();
+    let body = &rows[1..];
+    let mut out = rows[0].join(",") + "\n";
+    for (i, r) in body.iter().enumerate() {
+        let label = &body[(i * 7 + shift) % body.len()][4];
+        out += &format!("{},{label}\n", r[..4].join(","));
+    }
+    out
+}
+
+fn data_dir(ns: &str) -> PathBuf {
+    let dir = PathBuf::from(format!("/tmp/mlops-e2e/{ns}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// One inference of `rows` (4 features each) over a fresh connection.
+fn infer(addr: &str, rows: &[[f64; 4]]) -> Option<(u16, String)> {
+    let data: Vec<String> = rows.iter().flatten().map(|v| format!("{v}")).collect();
+    let body = format!(
+        r#"{{"inputs":[{{"name":"x","shape":[{},4],"datatype":"FP64","data":[{}]}}]}}"#,
+        rows.len(),
+        data.join(",")
+    );
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "POST /v2/models/iris/infer HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split(' ').nth(1)?.parse().ok()?;
+    Some((code, text.split_once("\r\n\r\n")?.1.to_string()))
+}
+
+fn apply(env: &TestEnv, obj: &serde_json::Value) {
+    let out = env.kubectl(&["apply", "-f", "-"], Some(&obj.to_string()));
+    assert!(out.status.success(), "{}", output_text(&out));
+}
+
+fn training_job(
+    ns: &str,
+    dataset: &std::path::Path,
+    gates: serde_json::Value,
+    retrain: serde_json::Value,
+) -> serde_json::Value {
+    json!({"apiVersion": "mlops.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "iris"},
+        "spec": {"model": "iris",
+                 "dataset": {"uri": format!("file://{}", dataset.display()), "labelColumn": "species"},
+                 "hyperparameters": {"algorithm": "logistic_regression"},
+                 "trainer": {"image": "ghcr.io/mlops-dev/mlops-runtime:0.1.0", "args": ["train"]},
+                 "output": {"uri": format!("file:///tmp/mlops-e2e/{ns}/models")},
+                 "modelVersion": {"gates": gates},
+                 "retrain": retrain}})
+}
+
+fn inference_service(analysis: serde_json::Value) -> serde_json::Value {
+    json!({"apiVersion": "mlops.dev/v1alpha1", "kind": "InferenceService", "metadata": {"name": "iris"},
+        "spec": {"model": "iris", "track": "LatestValidated", "replicas": 1, "runtime": {"preset": "MlopsRuntime"},
+                 "rollout": {"steps": [{"weight": 50, "pauseSeconds": 2}], "bakeSeconds": 4, "scaleDownDelaySeconds": 5,
+                             "analysis": analysis}}})
+}
+
+async fn service_address(env: &TestEnv) -> String {
+    let svc = env.api::<k8s_openapi::api::core::v1::Service>().get("iris").await.unwrap();
+    svc.metadata.annotations.unwrap()["mlops.dev/local-address"].clone()
+}
+
+#[tokio::test]
+async fn drift_in_live_traffic_retrains_validates_canaries_and_promotes() {
+    let Some(env) = TestEnv::start("ct-drift").await else { return };
+    install_crds();
+    let op = Operator::start(OPERATOR, &env.namespace, &[]);
+    let dataset = data_dir(&env.namespace).join("iris.csv");
+    std::fs::write(&dataset, scaled_iris(1.0)).unwrap();
+    let gates = json!([{"metric": "accuracy", "op": ">=", "value": 0.8},
+                       {"metric": "f1", "op": ">=", "relativeTo": "Serving", "tolerance": 0.1}]);
+    let retrain = json!({"drift": {"inferenceServiceRef": {"name": "iris"}, "threshold": 1.0,
+                                   "forSeconds": 4, "checkIntervalSeconds": 5},
+                         "cooldownSeconds": 3600});
+    apply(&env, &training_job(&env.namespace, &dataset, gates, retrain));
+    let mvs: Api<ModelVersion> = env.api();
+    wait_condition(&mvs, "iris-r1", cond::VALIDATED, "True", Duration::from_secs(120)).await;
+
+    let error_rate = json!({"intervalSeconds": 2, "metrics": [{"name": "error-rate",
+        "query": "(sum(rate(mlops_requests_total{namespace=\"{{namespace}}\",model_version=\"{{modelVersion}}\",code=~\"5..\"}[20s])) or vector(0)) / sum(rate(mlops_requests_total{namespace=\"{{namespace}}\",model_version=\"{{modelVersion}}\"}[20s]))",
+        "max": 0.05, "onNoData": "Wait"}]});
+    apply(&env, &inference_service(error_rate));
+    let isvcs: Api<InferenceService> = env.api();
+    wait_condition(&isvcs, "iris", cond::READY, "True", Duration::from_secs(90)).await;
+    let addr = service_address(&env).await;
+
+    // The world changes: a new snapshot of the data (every feature 1.6x) lands where the
+    // TrainingJob reads, and production traffic now looks like it.
+    std::fs::write(&dataset, scaled_iris(1.6)).unwrap();
+    let shifted: Vec<[f64; 4]> = iris()[1..]
+        .iter()
+        .map(|r| {
+            let f = |i: usize| r[i].parse::<f64>().unwrap() * 1.6;
+            [f(0), f(1), f(2), f(3)]
+        })
+        .collect();
+    let traffic = {
+        let addr = addr.clone();
+        std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeMap::<String, u32>::new();
+            let end = std::time::Instant::now() + Duration::from_secs(240);
+            let mut i = 0;
+            while std::time::Instant::now() < end {
+                let batch: Vec<[f64; 4]> = (0..10).map(|k| shifted[(i * 10 + k) % shifted.len()]).collect();
+                i += 1;
+                if let Some((200, body)) = infer(&addr, &batch) {
+                    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                    *seen.entry(v["model_version"].as_str().unwrap_or("").to_string()).or_default() += 1;
+                    if seen.get("iris-r2").copied().unwrap_or(0) > 40 {
+                        break;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(40));
+            }
+            seen
+        })
+    };
+
+    // The drift trigger sees the shift, holds it, and starts one run.
+    let tjs: Api<TrainingJob> = env.api();
+    let tj = wait_for(&tjs, "iris", Duration::from_secs(120), "a drift-triggered run", |tj| {
+        tj.status.as_ref().is_some_and(|s| s.runs.iter().any(|r| r.trigger.type_ == TriggerType::Drift))
+    })
+    .await;
+    let status = tj.status.unwrap();
+    let run = status.runs.iter().find(|r| r.trigger.type_ == TriggerType::Drift).unwrap().clone();
+    assert_eq!(run.name, "iris-r2");
+    let drift_value = run.trigger.drift_value.expect("the drift value is recorded");
+    assert!(drift_value > 1.0, "{drift_value}");
+    assert!(run.trigger.message.as_deref().unwrap().contains("above threshold 1 for"), "{:?}", run.trigger);
+
+    // The new version was trained on the new snapshot, passed its gate relative to the
+    // serving version, and is canaried and promoted under the same traffic.
+    let promoted = wait_for(&isvcs, "iris", Duration::from_secs(180), "iris-r2 promoted", |s| {
+        s.status.as_ref().and_then(|st| st.stable.as_ref()).is_some_and(|st| st.version == "iris-r2")
+            && s.status.as_ref().is_some_and(|st| st.canary.is_none())
+    })
+    .await;
+    let seen = traffic.join().unwrap();
+    assert!(
+        seen.get("iris-r1").copied().unwrap_or(0) > 0 && seen.get("iris-r2").copied().unwrap_or(0) > 0,
+        "{seen:?}"
+    );
+    let mv2 = mvs.get("iris-r2").await.unwrap();
+    let lineage = mv2.spec.lineage.clone().unwrap();
+    let trigger = lineage.trigger.clone().unwrap();
+    assert_eq!((trigger.type_, trigger.drift_value), (TriggerType::Drift, Some(drift_value)));
+    let mv1 = mvs.get("iris-r1").await.unwrap();
+    assert_ne!(
+        lineage.dataset.as_ref().unwrap().digest,
+        mv1.spec.lineage.unwrap().dataset.unwrap().digest,
+        "re-trained on the new snapshot"
+    );
+    let validated = mv2.status.unwrap();
+    let gates = serde_json::to_string(&validated).unwrap();
+    assert!(gates.contains("Serving") || gates.contains("serving"), "{gates}");
+
+    // Delivery metrics: a second deployment, its lead time measured from the trigger.
+    let delivery = promoted.status.unwrap().delivery.unwrap();
+    assert_eq!(delivery.deployments, 2);
+    let lead = delivery.last_lead_time_seconds.unwrap();
+    let expected = delivery.last_deployment_time.unwrap().0.duration_since(trigger.time.unwrap().0).as_secs();
+    assert!((lead - expected).abs() <= 1, "lead time {lead}s, deployment - trigger = {expected}s");
+    let series = format!(
+        "mlops_training_runs_started_total{{namespace=\"{}\",training_job=\"iris\",trigger=\"drift\"}}",
+        env.namespace
+    );
+    assert_eq!(op.metric(&series), Some(1.0), "{}", op.metrics().unwrap_or_default());
+    assert!(op.metrics().unwrap().contains("mlops_retrain_drift_threshold{"));
+
+    // Still exactly two runs: the cooldown holds any further drift back.
+    let tj = tjs.get("iris").await.unwrap();
+    assert_eq!(tj.status.unwrap().runs.len(), 2);
+}
+
+#[tokio::test]
+async fn worse_retraining_is_rejected_and_a_storm_of_data_changes_gives_one_run() {
+    let Some(env) = TestEnv::start("ct-data").await else { return };
+    install_crds();
+    let _op = Operator::start(OPERATOR, &env.namespace, &[]);
+    let dataset = data_dir(&env.namespace).join("iris.csv");
+    std::fs::write(&dataset, scaled_iris(1.0)).unwrap();
+    // A lax absolute gate: only the comparison with the serving version can reject.
+    let gates = json!([{"metric": "accuracy", "op": ">=", "value": 0.1},
+                       {"metric": "f1", "op": ">=", "relativeTo": "Serving", "tolerance": 0.05}]);
+    let retrain = json!({"data": {"checkIntervalSeconds": 10}, "cooldownSeconds": 3600});
+    apply(&env, &training_job(&env.namespace, &dataset, gates, retrain));
+    let mvs: Api<ModelVersion> = env.api();
+    wait_condition(&mvs, "iris-r1", cond::VALIDATED, "True", Duration::from_secs(120)).await;
+    apply(&env, &inference_service(json!({"intervalSeconds": 2})));
+    let isvcs: Api<InferenceService> = env.api();
+    wait_condition(&isvcs, "iris", cond::READY, "True", Duration::from_secs(90)).await;
+    let tjs: Api<TrainingJob> = env.api();
+    wait_for(&tjs, "iris", Duration::from_secs(30), "a dataset baseline", |tj| {
+        tj.status.as_ref().and_then(|s| s.triggers.as_ref()).is_some_and(|t| t.dataset_digest.is_some())
+    })
+    .await;
+
+    // A bad snapshot (labels no longer follow the features) lands: one data-triggered run.
+    std::fs::write(&dataset, mislabelled_iris(1)).unwrap();
+    let bad_digest = format!("sha256:{}", sha256_hex(&std::fs::read(&dataset).unwrap()));
+    let tj = wait_for(&tjs, "iris", Duration::from_secs(60), "a data-triggered run", |tj| {
+        tj.status.as_ref().is_some_and(|s| s.runs.iter().any(|r| r.trigger.type_ == TriggerType::Data))
+    })
+    .await;
+    let run = tj.status.unwrap().runs.into_iter().find(|r| r.trigger.type_ == TriggerType::Data).unwrap();
+    assert_eq!(
+        (run.name.as_str(), run.trigger.dataset_digest.as_deref()),
+        ("iris-r2", Some(bad_digest.as_str()))
+    );
+
+    // A storm of further snapshots inside the cooldown: no further run.
+    for shift in 2..6 {
+        std::fs::write(&dataset, mislabelled_iris(shift)).unwrap();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+    }
+
+    // The re-trained version is worse than the one serving: its relative gate rejects it.
+    let mv2 = wait_condition(&mvs, "iris-r2", cond::VALIDATED, "False", Duration::from_secs(120)).await;
+    let validated =
+        mv2.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == cond::VALIDATED).unwrap();
+    assert!(validated.message.contains("f1"), "{}", validated.message);
+    assert_eq!(
+        mv2.spec.lineage.unwrap().trigger.unwrap().dataset_digest.as_deref(),
+        Some(bad_digest.as_str())
+    );
+
+    // Nothing is deployed: the service keeps serving iris-r1 with no canary, and says so.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let isvc = isvcs.get("iris").await.unwrap();
+    let st = isvc.status.unwrap();
+    assert_eq!(st.stable.as_ref().unwrap().version, "iris-r1");
+    assert!(st.canary.is_none());
+    assert_eq!(st.delivery.unwrap().deployments, 1);
+
+    // The TrainingJob tells the whole story: still two runs, the data change pending in
+    // the cooldown, and the produced version's rejection.
+    let tj = wait_until(Duration::from_secs(30), "the TrainingJob reports the rejection", || {
+        let tjs = tjs.clone();
+        async move {
+            let tj = tjs.get("iris").await.ok()?;
+            let ready = tj.status.as_ref()?.conditions.iter().find(|c| c.type_ == cond::READY)?.clone();
+            ready.message.contains("failed validation").then_some(tj)
+        }
+    })
+    .await;
+    let status = tj.status.unwrap();
+    assert_eq!(status.runs.len(), 2, "{:?}", status.runs);
+    let triggers = status.triggers.unwrap();
+    assert!(triggers.message.as_deref().unwrap_or("").contains("cooldown"), "{triggers:?}");
+    assert_ne!(
+        triggers.observed_dataset_digest, triggers.dataset_digest,
+        "the latest change is still pending"
+    );
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
