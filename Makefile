@@ -51,3 +51,7 @@ demo: ## the main job: train, validate, serve, canary, promote and roll back on 
 .PHONY: bench-runtime
 bench-runtime: ## serve iris with mlops-runtime and with MLServer, same load, side by side
 	bench/runtime.sh
+
+.PHONY: bench-rollback
+bench-rollback: ## time from fault onset to all traffic on stable, 10 runs, beside the floor
+	bench/rollback.sh

@@ -29,7 +29,7 @@ use crate::{api::FIELD_MANAGER, metrics::Metrics};
 /// What every reconcile needs.
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
+    reporter: Reporter,
     pub metrics: Metrics,
     /// Where metric checks are measured; `None` makes every metric check a query error.
     pub prometheus: Option<crate::analysis::prometheus::Prometheus>,
@@ -49,7 +49,7 @@ impl Context {
     ) -> Arc<Context> {
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(instance) };
         Arc::new(Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            reporter,
             client,
             metrics,
             watch_namespace,
@@ -99,7 +99,10 @@ impl Context {
     }
 
     /// Publishes an Event about `obj`. Events are best effort: a failure is logged, never
-    /// fails the reconcile.
+    /// fails the reconcile. Each call uses a fresh recorder: kube's recorder folds events
+    /// with the same reason into one series for minutes and keeps the first note, so a
+    /// second `RolledBack` or `RunFailed` would show the first one's version and reason.
+    /// Controllers publish only on transitions, so there is no series to fold.
     pub async fn event<K>(&self, obj: &K, type_: EventType, reason: &str, action: &str, note: String)
     where
         K: Resource<DynamicType = ()>,
@@ -111,7 +114,8 @@ impl Context {
             action: action.into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+        if let Err(e) = recorder.publish(&ev, &obj.object_ref(&())).await {
             warn!(error = %e, reason, "publishing an Event failed");
         }
     }

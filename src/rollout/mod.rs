@@ -167,17 +167,21 @@ fn secs_between(a: &Time, b: &Time) -> i64 {
 pub fn metrics_due(spec: &InferenceServiceSpec, status: &InferenceServiceStatus, now: &Time) -> bool {
     let s = Settings::of(spec);
     let Some(canary) = &status.canary else { return false };
-    if s.metrics.is_empty() || !matches!(canary.phase, CanaryPhase::Progressing | CanaryPhase::Baking) {
-        return false;
-    }
+    last_measured(canary, &s).is_none_or(|t| secs_between(&t, now) >= s.interval)
+        && !s.metrics.is_empty()
+        && matches!(canary.phase, CanaryPhase::Progressing | CanaryPhase::Baking)
+}
+
+/// When the metric checks were last measured (or the step began), from which the next
+/// measurement is due one interval later.
+fn last_measured(canary: &CanaryStatus, s: &Settings) -> Option<Time> {
     let last = canary
         .analysis
         .iter()
-        .filter(|c| c.kind == CheckKind::Metric)
+        .filter(|c| c.kind == CheckKind::Metric && s.metrics.iter().any(|m| m.name == c.name))
         .filter_map(|c| c.measurements.last().map(|m| m.time.clone()))
         .max();
-    let since = last.or(canary.step_start_time.clone());
-    since.is_none_or(|t| secs_between(&t, now) >= s.interval)
+    last.or(canary.step_start_time.clone())
 }
 
 /// The next state. See the module documentation for the life of a rollout.
@@ -206,12 +210,16 @@ pub fn plan(
         }
     }
 
-    // 1. A rollback in flight finishes once the stable pods carry all traffic again.
+    // 1. A rollback in flight finishes once the stable pods carry all traffic again: no
+    //    canary pod is Ready (so none is in the Service any more) and a stable pod is. The
+    //    stable's missing replicas are capacity, not traffic: `Reconciling` stays True until
+    //    they are Ready, but they neither delay the end of the rollback (time to restore)
+    //    nor hide a canary pod that still serves.
     if let Some(c) = st.canary.clone()
         && c.phase == CanaryPhase::RollingBack
     {
         let needed = placement(spec, &st, &s).stable.map(|p| p.replicas).unwrap_or(0);
-        if obs.stable_ready >= needed {
+        if obs.canary_ready == 0 && obs.stable_ready >= needed.min(1) {
             st.canary = None;
             let restored = st.last_decision.as_ref().map(|d| secs_between(&d.time, &now).max(0));
             if let Some(secs) = restored {
@@ -855,6 +863,15 @@ fn conditions(
 fn next_check(st: &InferenceServiceStatus, s: &Settings, now: &Time) -> Duration {
     if let Some(c) = &st.canary {
         let mut wait = s.interval.max(1);
+        // The next measurement is due one interval after the last one, not one interval
+        // after this pass: a pass woken by a pod or Deployment event in between must not
+        // push the measurement back (each such pass replaces the pending requeue).
+        if !s.metrics.is_empty()
+            && matches!(c.phase, CanaryPhase::Progressing | CanaryPhase::Baking)
+            && let Some(last) = last_measured(c, s)
+        {
+            wait = wait.min(s.interval - secs_between(&last, now));
+        }
         if let Some(start) = &c.step_start_time {
             let pause = if c.phase == CanaryPhase::Baking {
                 s.bake

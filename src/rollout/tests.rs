@@ -196,8 +196,8 @@ fn a_failing_metric_beyond_the_failure_limit_rolls_back_with_value_and_bound() {
     );
     assert_eq!(p.status.delivery.as_ref().unwrap().failed_deployments, 1);
     assert!(cond::is_true(&p.status.conditions, cond::DEGRADED));
-    // Stable pods Ready again: the rollback completes and time to restore is recorded.
-    let p = run(&sp, &p.status, obs("v2"), 13);
+    // The canary pods gone: the rollback completes and time to restore is recorded.
+    let p = run(&sp, &p.status, Obs { canary_ready: 0, ..obs("v2") }, 13);
     assert!(p.status.canary.is_none());
     assert_eq!(p.status.delivery.as_ref().unwrap().last_time_to_restore_seconds, Some(3));
     assert_eq!(p.delivered, [Delivered::Restored { seconds: 3 }]);
@@ -371,4 +371,50 @@ fn gateway_routing_uses_exact_weights() {
     assert!(t.gateway);
     assert_eq!((t.canary.as_ref().unwrap().weight, t.stable.as_ref().unwrap().weight), (10, 90));
     assert_eq!(t.stable.as_ref().unwrap().replicas, 4);
+}
+
+#[test]
+fn a_rollback_completes_when_no_canary_pod_serves_not_before_and_not_later() {
+    let sp = spec(json!({}));
+    let fail = || Obs { samples: vec![("errors", Sample::Value(1.0))], ..obs("v2") };
+    let p = run(&sp, &progressing("v2", 1, 0), fail(), 5);
+    let p = run(&sp, &p.status, fail(), 6);
+    assert_eq!(phase(&p), Some(CanaryPhase::RollingBack));
+    let rolling_back = p.status;
+    // A canary pod still Ready still takes traffic, even with the stable at full strength:
+    // the rollback is not complete.
+    let p = run(&sp, &rolling_back, Obs { stable_ready: 4, canary_ready: 1, ..obs("v2") }, 7);
+    assert_eq!(phase(&p), Some(CanaryPhase::RollingBack));
+    assert!(!reasons(&p).contains(&"RollbackComplete"));
+    // No stable pod Ready: nothing serves yet.
+    let p = run(&sp, &rolling_back, Obs { stable_ready: 0, canary_ready: 0, ..obs("v2") }, 8);
+    assert_eq!(phase(&p), Some(CanaryPhase::RollingBack));
+    // The canary out of the Service and stable pods serving: all traffic is on stable, even
+    // while the stable's extra replicas are still starting (that is capacity, which
+    // Reconciling reports).
+    let p = run(&sp, &rolling_back, Obs { stable_ready: 2, canary_ready: 0, ..obs("v2") }, 9);
+    assert!(p.status.canary.is_none(), "{:?}", p.status.canary);
+    assert_eq!(reasons(&p), ["RollbackComplete"]);
+    assert_eq!(p.status.delivery.as_ref().unwrap().last_time_to_restore_seconds, Some(3));
+    assert_eq!(p.traffic.stable.as_ref().unwrap().replicas, 4);
+    assert!(cond::is_true(&p.status.conditions, cond::RECONCILING), "2 of 4 stable pods Ready");
+    let p = run(&sp, &p.status, Obs { stable_ready: 4, canary_ready: 0, ..obs("v2") }, 10);
+    assert!(!cond::is_true(&p.status.conditions, cond::RECONCILING));
+}
+
+#[test]
+fn the_next_measurement_is_due_one_interval_after_the_last_whatever_woke_the_pass() {
+    let sp = spec(json!({})); // intervalSeconds 5, bake 20
+    let ok = Obs { samples: vec![("errors", Sample::Value(0.0))], ..obs("v2") };
+    let p = run(&sp, &progressing("v2", 1, 0), ok, 5);
+    assert_eq!(phase(&p), Some(CanaryPhase::Baking));
+    assert_eq!(p.requeue, Duration::from_secs(5));
+    // A pod event wakes a pass 2 s later: the measurement stays due at 10, not 12.
+    let p = run(&sp, &p.status, obs("v2"), 7);
+    assert!(!metrics_due(&sp, &p.status, &t(7)));
+    assert_eq!(p.requeue, Duration::from_secs(3));
+    assert!(metrics_due(&sp, &p.status, &t(10)));
+    // Overdue (the pass came late): look again as soon as allowed.
+    let p = run(&sp, &p.status, obs("v2"), 13);
+    assert_eq!(p.requeue, Duration::from_secs(1));
 }

@@ -318,6 +318,13 @@ impl Operator {
         None
     }
 
+    /// SIGKILL: the operator dies at once, mid-reconcile, as on a node failure or an OOM
+    /// kill (no graceful shutdown, its Lease is not released). Waits for the process to go.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// The operator's log so far (for failure messages).
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();

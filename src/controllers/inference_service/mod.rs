@@ -69,12 +69,20 @@ fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
 }
 
-/// Where a change began, for lead time: the source commit, else the training run's start,
-/// else the version's creation.
+/// Where a change began, for lead time: the retrain trigger (the schedule time, else when
+/// drift or new data started the run), else the source commit, else the training run's start, else the
+/// version's creation.
 fn origin(mv: &ModelVersion) -> Option<Time> {
+    use crate::api::training_job::TriggerType;
     let lineage = mv.spec.lineage.as_ref();
-    lineage
-        .and_then(|l| l.source.as_ref()?.commit_time.clone())
+    // A re-training started by a schedule, drift or new data is delivered from that
+    // moment: the code did not change, the world did.
+    let trigger = lineage
+        .and_then(|l| l.trigger.as_ref())
+        .filter(|t| matches!(t.type_, TriggerType::Schedule | TriggerType::Drift | TriggerType::Data));
+    trigger
+        .and_then(|t| t.schedule_time.clone().or_else(|| t.time.clone()))
+        .or_else(|| lineage.and_then(|l| l.source.as_ref()?.commit_time.clone()))
         .or_else(|| lineage.and_then(|l| l.start_time.clone()))
         .or_else(|| mv.metadata.creation_timestamp.clone())
 }
@@ -160,6 +168,17 @@ async fn reconcile(isvc: Arc<InferenceService>, ctx: Arc<Context>) -> Result<Act
     let ns = isvc.namespace().unwrap_or_default();
     let name = isvc.name_any();
     let client = ctx.client.clone();
+    // The state lives in status, so plan from the status as last written, never from the
+    // watch cache: a pass woken by our own Deployment writes can run before the cache has
+    // our previous status write, and planning from that older status would replay or undo
+    // the last transition (a step going back, an Event published twice).
+    let Some(isvc) = Api::<InferenceService>::namespaced(client.clone(), &ns).get_opt(&name).await? else {
+        return Ok(Action::await_change());
+    };
+    if isvc.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let isvc = Arc::new(isvc);
     let versions: Api<ModelVersion> = Api::namespaced(client.clone(), &ns);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);

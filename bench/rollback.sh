@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Rollback benchmark (issue 6 item 8): on the local cluster (make cluster-up, with its
+# Prometheus), an InferenceService of 4 replicas serves iris-v1 under ~100 requests/s of real
+# inference traffic sent by a loopback load generator; each run imports a new version whose
+# server answers 500 to every inference request (test-only fault injection), which becomes
+# the canary at 25 % (one pod). It measures, per run:
+#   - fault onset: the first 5xx the load generator sees (the canary's first request);
+#   - last 5xx seen: when traffic stopped reaching the bad version;
+#   - rollback complete: the InferenceService status shows the rollback done (no canary,
+#     stable iris-v1 Ready), polled every 100 ms;
+# and prints each run, the median and the p90 beside the floor
+# (Prometheus scrape interval 2 s + analysis interval).
+#
+#   bench/rollback.sh                 # 10 runs, intervalSeconds 2
+#   BENCH_RUNS=20 BENCH_INTERVAL_SECONDS=1 bench/rollback.sh
+#   BENCH_QUERY=rate bench/rollback.sh   # rate() over 5 s instead of the since-start ratio
+#
+# The scenario lives in tests/inference.rs (bench_rollback, ignored in normal test runs) so
+# it shares the end-to-end harness: own namespace, own operator, real servers.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+export PATH="$HOME/.cache/mlops-operator/bin:$PATH"
+[[ -f .dev/kubeconfig ]] || { echo "no local cluster: make cluster-up" >&2; exit 1; }
+[[ -f .dev/prometheus-url ]] || { echo "no local Prometheus: hack/prometheus.sh up" >&2; exit 1; }
+export BENCH_RUNS=${BENCH_RUNS:-10} BENCH_INTERVAL_SECONDS=${BENCH_INTERVAL_SECONDS:-2}
+# The servers the local node runs are target/debug/mlops-runtime: build it as make test does.
+cargo build --workspace --locked
+exec cargo test --test inference -- --ignored --exact bench_rollback --nocapture
