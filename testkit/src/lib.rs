@@ -107,6 +107,17 @@ impl Drop for TestEnv {
         if let Ok(Err(e)) = done.join() {
             eprintln!("warning: deleting test namespace {}: {e}", self.namespace);
         }
+        // The test's operator has stopped by now (it is declared after the TestEnv), so
+        // nobody will lift the ModelVersions' deletion protection: lift it here, or the
+        // namespace would stay Terminating forever.
+        let listed = kubectl_in(Some(&self.namespace), &["get", "modelversions", "-o", "name"], None);
+        for mv in String::from_utf8_lossy(&listed.stdout).lines().filter(|l| !l.is_empty()) {
+            kubectl_in(
+                Some(&self.namespace),
+                &["patch", mv, "--type", "merge", "-p", r#"{"metadata":{"finalizers":null}}"#],
+                None,
+            );
+        }
     }
 }
 
