@@ -81,18 +81,18 @@ async fn train_validate_serve_infer_then_retrain_and_promote() {
         None,
     );
     assert!(out.status.success(), "{}", output_text(&out));
+    // Traffic until the promotion is seen (bounded in time): the analysis needs requests
+    // to measure, and the answers show both versions serving during the canary.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let traffic = {
-        let addr = addr.clone();
+        let (addr, stop) = (addr.clone(), stop.clone());
         std::thread::spawn(move || {
             let mut seen = std::collections::BTreeMap::<String, u32>::new();
-            let end = std::time::Instant::now() + Duration::from_secs(150);
-            while std::time::Instant::now() < end {
+            let end = std::time::Instant::now() + Duration::from_secs(180);
+            while std::time::Instant::now() < end && !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 if let Some((200, body)) = infer(&addr) {
                     let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
                     *seen.entry(v["model_version"].as_str().unwrap_or("").to_string()).or_default() += 1;
-                    if seen.get("iris-r2").copied().unwrap_or(0) > 20 && seen.len() >= 2 {
-                        break;
-                    }
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -104,6 +104,7 @@ async fn train_validate_serve_infer_then_retrain_and_promote() {
             && s.status.as_ref().is_some_and(|st| st.canary.is_none())
     })
     .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let seen = traffic.join().unwrap();
     assert!(
         seen.get("iris-r1").copied().unwrap_or(0) > 0 && seen.get("iris-r2").copied().unwrap_or(0) > 0,
