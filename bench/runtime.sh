@@ -27,6 +27,13 @@ if [ ! -x "$VENV/bin/mlserver" ]; then
   "$VENV/bin/pip" install --quiet $MLSERVER_PACKAGES
 fi
 
+# oha (open-loop load at a fixed rate) for the equal-load rows, built once from crates.io.
+OHA=$CACHE/oha/bin/oha
+if [ ! -x "$OHA" ]; then
+  echo "building oha into $CACHE/oha (once)" >&2
+  cargo install --quiet --locked --root "$CACHE/oha" oha@1.16.0
+fi
+
 echo "building mlops-runtime (release)" >&2
 (cd "$ROOT" && cargo build --release --quiet -p mlops-runtime)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -36,4 +43,5 @@ exec "$VENV/bin/python" "$ROOT/bench/runtime_bench.py" \
   --runtime "$TARGET_DIR/release/mlops-runtime" \
   --mlserver "$VENV/bin/mlserver" \
   --dataset "$ROOT/runtime/testdata/iris.csv" \
-  --duration "${DURATION:-10}"
+  --duration "${DURATION:-10}" \
+  --oha "$OHA"

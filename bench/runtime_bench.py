@@ -5,7 +5,10 @@ Fairness: each server is pinned to CPU 0 and wrk to CPU 1 (taskset), so the
 load generator never competes with the server; both get one request shape
 (one iris row, FP64 [1, 4]) on a keep-alive HTTP/1.1 connection per client.
 wrk is closed-loop: each connection sends its next request when the previous
-answer arrives, so `concurrency` = connections in flight.
+answer arrives, so `concurrency` = connections in flight, and a faster server
+gets more load. The "equal load" rows use oha open-loop instead: both servers get
+the same fixed request rate (below MLServer's capacity), and latency is measured
+from when each request was due (--latency-correction), so queueing shows.
 """
 
 import argparse
@@ -22,6 +25,9 @@ import time
 import urllib.request
 
 LEVELS = (1, 16, 64)
+# Open-loop rates (requests/s) both servers receive in the equal-load rows.
+RATES = (200, 800)
+OHA_CONNECTIONS = 32
 ROW = [5.9, 3.0, 5.1, 1.8]
 
 LUA = """
@@ -80,7 +86,23 @@ def wrk(url, lua, connections, duration):
     return float(rps), float(p50), float(p99), int(errors)
 
 
-def measure(name, cmd, env, ready_url, infer_url, body, duration, workdir):
+def oha(oha_bin, url, body_path, rate, duration):
+    """Open loop at a fixed rate; latencies corrected to when each request was due."""
+    out = subprocess.run(
+        ["taskset", "-c", "1", oha_bin, "-z", f"{duration}s", "-q", str(rate),
+         "-c", str(OHA_CONNECTIONS), "--latency-correction", "--no-tui",
+         "--output-format", "json", "-m", "POST", "-H", "Content-Type: application/json",
+         "-D", str(body_path), url],
+        capture_output=True, text=True, check=True).stdout
+    d = json.loads(out)
+    pct = d["latencyPercentiles"]
+    ok = sum(v for k, v in d.get("statusCodeDistribution", {}).items() if k == "200")
+    total = sum(d.get("statusCodeDistribution", {}).values()) + sum(d.get("errorDistribution", {}).values())
+    return {"rate": rate, "rps": d["summary"]["requestsPerSec"], "p50": pct["p50"] * 1000,
+            "p99": pct["p99"] * 1000, "errors": total - ok}
+
+
+def measure(name, cmd, env, ready_url, infer_url, body, duration, workdir, oha_bin=None):
     lua = workdir / f"{name}.lua"
     lua.write_text(LUA % body)
     log = open(workdir / f"{name}.log", "w")
@@ -106,7 +128,12 @@ def measure(name, cmd, env, ready_url, infer_url, body, duration, workdir):
             rps, p50, p99, errors = wrk(infer_url, lua, c, duration)
             rows.append({"c": c, "rps": rps, "p50": p50, "p99": p99, "errors": errors,
                          "rss": tree_rss_mib(proc.pid)})
-        return {"ready": ready, "rows": rows, "answer": answer["outputs"][0]["data"]}
+        fixed = []
+        if oha_bin:
+            body_path = workdir / f"{name}.json"
+            body_path.write_text(body)
+            fixed = [oha(oha_bin, infer_url, body_path, rate, duration) for rate in RATES]
+        return {"ready": ready, "rows": rows, "fixed": fixed, "answer": answer["outputs"][0]["data"]}
     finally:
         proc.terminate()
         try:
@@ -145,6 +172,7 @@ def main():
     ap.add_argument("--mlserver", required=True)
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--oha", help="oha binary for the open-loop equal-load rows")
     args = ap.parse_args()
 
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="mlops-bench-"))
@@ -166,7 +194,7 @@ def main():
         "MLOPS_MODEL_NAME": "iris", "MLOPS_MODEL_VERSION": "v1",
         "MLOPS_HTTP_HOST": "127.0.0.1", "MLOPS_HTTP_PORT": str(port), "MLOPS_LOG": "warn"},
         f"http://127.0.0.1:{port}/v2/health/ready",
-        f"http://127.0.0.1:{port}/v2/models/iris/infer", body, args.duration, ours_dir)
+        f"http://127.0.0.1:{port}/v2/models/iris/infer", body, args.duration, ours_dir, args.oha)
 
     theirs_dir = workdir / "mlserver"
     theirs_dir.mkdir()
@@ -175,7 +203,7 @@ def main():
     theirs = measure("mlserver", [args.mlserver, "start", "."], base_env,
                      f"http://127.0.0.1:{port}/v2/health/ready",
                      f"http://127.0.0.1:{port}/v2/models/iris/infer", body,
-                     args.duration, theirs_dir)
+                     args.duration, theirs_dir, args.oha)
 
     print(f"\nanswers: mlops-runtime {ours['answer']}, MLServer {theirs['answer']}")
     print(f"start to ready: mlops-runtime {ours['ready']:.3f} s, MLServer {theirs['ready']:.2f} s "
@@ -189,6 +217,17 @@ def main():
         print(f"| {o['c']} | **ratio** | **{o['rps'] / t['rps']:.1f}x** | "
               f"{o['p50'] / t['p50']:.3f}x | **{o['p99'] / t['p99']:.3f}x** | "
               f"{o['rss'] / t['rss']:.3f}x | |")
+    if ours["fixed"]:
+        print(f"\nEqual load, open loop (oha, {OHA_CONNECTIONS} connections, latency from when each "
+              "request was due):\n")
+        print("| rate req/s | server | served req/s | p50 ms | p99 ms | errors |")
+        print("| ---: | --- | ---: | ---: | ---: | ---: |")
+        for o, t in zip(ours["fixed"], theirs["fixed"]):
+            for name, r in (("mlops-runtime", o), ("MLServer", t)):
+                print(f"| {r['rate']} | {name} | {r['rps']:,.0f} | {r['p50']:.3f} | {r['p99']:.3f} "
+                      f"| {r['errors']} |")
+            print(f"| {o['rate']} | **ratio** | | {o['p50'] / t['p50']:.3f}x | "
+                  f"**{o['p99'] / t['p99']:.3f}x** | |")
     shutil.rmtree(workdir, ignore_errors=True)
 
 
