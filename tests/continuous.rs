@@ -3,7 +3,7 @@
 //! the serving version, canaries and promotes; a worse re-training is rejected by its
 //! relative gate and nothing is deployed; a storm of dataset changes gives one run.
 
-use std::{io::Read, io::Write, net::TcpStream, path::PathBuf, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use kube::Api;
 use mlops_operator::api::{
@@ -65,18 +65,7 @@ fn infer(addr: &str, rows: &[[f64; 4]]) -> Option<(u16, String)> {
         rows.len(),
         data.join(",")
     );
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "POST /v2/models/iris/infer HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let code = text.split(' ').nth(1)?.parse().ok()?;
-    Some((code, text.split_once("\r\n\r\n")?.1.to_string()))
+    testkit::http_post(addr.parse().ok()?, "/v2/models/iris/infer", &body)
 }
 
 fn apply(env: &TestEnv, obj: &serde_json::Value) {

@@ -3,7 +3,7 @@
 //! and answers real inferences through its Service; a retrained version is canaried
 //! under real traffic, measured by the real Prometheus, and promoted.
 
-use std::{io::Read, io::Write, net::TcpStream, time::Duration};
+use std::time::Duration;
 
 use kube::Api;
 use mlops_operator::api::{InferenceService, ModelVersion, TrainingJob, conditions as cond};
@@ -12,21 +12,10 @@ use testkit::{Operator, TestEnv, install_crds, output_text, repo_root, wait_cond
 
 const OPERATOR: &str = env!("CARGO_BIN_EXE_mlops-operator");
 
-/// One inference over a fresh connection (so replica-weighted routing spreads requests).
+/// One inference of two iris rows through the Service address.
 fn infer(addr: &str) -> Option<(u16, String)> {
     let body = r#"{"inputs":[{"name":"x","shape":[2,4],"datatype":"FP64","data":[5.1,3.5,1.4,0.2,6.7,3.0,5.2,2.3]}]}"#;
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "POST /v2/models/iris/infer HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let code = text.split(' ').nth(1)?.parse().ok()?;
-    Some((code, text.split_once("\r\n\r\n")?.1.to_string()))
+    testkit::http_post(addr.parse().ok()?, "/v2/models/iris/infer", body)
 }
 
 #[tokio::test]

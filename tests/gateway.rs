@@ -10,26 +10,9 @@ use kube::{
 };
 use mlops_operator::api::{InferenceService, conditions as cond};
 use serde_json::json;
-use testkit::{Operator, TestEnv, install_crds, output_text, repo_root, wait_condition, wait_until};
+use testkit::{Operator, TestEnv, install_crds, output_text, wait_condition, wait_until};
 
 const OPERATOR: &str = env!("CARGO_BIN_EXE_mlops-operator");
-
-/// Trains the iris model once with the reference trainer; returns the artifact URI.
-fn train(dir: &str) -> String {
-    let out = std::process::Command::new(repo_root().join("target/debug/mlops-runtime"))
-        .arg("train")
-        .env(
-            "MLOPS_DATASET_URI",
-            format!("file://{}", repo_root().join("runtime/testdata/iris.csv").display()),
-        )
-        .env("MLOPS_LABEL_COLUMN", "species")
-        .env("MLOPS_OUTPUT_URI", format!("file://{dir}"))
-        .env("MLOPS_TERMINATION_MESSAGE_PATH", format!("{dir}/result.json"))
-        .output()
-        .expect("target/debug/mlops-runtime is built (make test builds the workspace first)");
-    assert!(out.status.success(), "training failed: {}", String::from_utf8_lossy(&out.stderr));
-    format!("file://{dir}/model.json")
-}
 
 fn version(env: &TestEnv, name: &str, artifact: &str) {
     let doc = json!({"apiVersion": "mlops.dev/v1alpha1", "kind": "ModelVersion", "metadata": {"name": name},
@@ -54,9 +37,7 @@ async fn an_http_route_carries_the_canary_weights() {
     let Some(env) = TestEnv::start("gateway-routing").await else { return };
     install_crds();
     let _op = Operator::start(OPERATOR, &env.namespace, &[]);
-    let dir = format!("/tmp/mlops-e2e/{}", env.namespace);
-    std::fs::create_dir_all(&dir).unwrap();
-    let artifact = train(&dir);
+    let artifact = testkit::train_iris(&env.namespace);
     version(&env, "iris-v1", &artifact);
     let isvc = json!({"apiVersion": "mlops.dev/v1alpha1", "kind": "InferenceService", "metadata": {"name": "gw"},
         "spec": {"model": "iris", "track": "LatestValidated", "replicas": 2, "runtime": {"preset": "MlopsRuntime"},

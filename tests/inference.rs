@@ -15,8 +15,6 @@ use std::{
     collections::BTreeMap,
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    path::PathBuf,
-    process::Command,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -36,7 +34,7 @@ use mlops_operator::api::{
 };
 use serde_json::{Value, json};
 use testkit::{
-    Operator, TestEnv, install_crds, kubectl_in, output_text, repo_root, wait_condition, wait_for, wait_until,
+    Operator, TestEnv, install_crds, kubectl_in, output_text, wait_condition, wait_for, wait_until,
 };
 
 const OPERATOR: &str = env!("CARGO_BIN_EXE_mlops-operator");
@@ -55,21 +53,7 @@ const NO_DATA: &str =
 
 /// Trains iris once for this test; returns the artifact URI.
 fn train_model(ns: &str) -> String {
-    let dir = PathBuf::from(format!("/tmp/mlops-e2e/{ns}"));
-    std::fs::create_dir_all(&dir).expect("model dir");
-    let artifact = dir.join("model.json");
-    let out = Command::new(repo_root().join("target/debug/mlops-runtime"))
-        .arg("train")
-        .env("MLOPS_MODEL_NAME", "iris")
-        .env("MLOPS_RUN_ID", "e2e")
-        .env("MLOPS_DATASET_URI", repo_root().join("runtime/testdata/iris.csv"))
-        .env("MLOPS_LABEL_COLUMN", "species")
-        .env("MLOPS_OUTPUT_URI", format!("file://{}", artifact.display()))
-        .env("MLOPS_TERMINATION_MESSAGE_PATH", dir.join("result.json"))
-        .output()
-        .expect("running mlops-runtime train (cargo build -p mlops-runtime)");
-    assert!(out.status.success(), "training: {}", output_text(&out));
-    format!("file://{}", artifact.display())
+    testkit::train_iris(ns)
 }
 
 fn apply(env: &TestEnv, doc: &Value) {

@@ -373,3 +373,46 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
     let (head, body) = buf.split_once("\r\n\r\n")?;
     head.starts_with("HTTP/1.1 200").then(|| body.to_string())
 }
+
+/// One HTTP/1.1 POST of a JSON body over a fresh loopback connection (so replica-weighted
+/// routing spreads requests): the status code and body, or `None` on a transport failure.
+pub fn http_post(addr: std::net::SocketAddr, path: &str, body: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    assert!(addr.ip().is_loopback(), "tests only talk to loopback");
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.set_write_timeout(Some(Duration::from_secs(3))).ok()?;
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    let code = text.split(' ').nth(1)?.parse().ok()?;
+    Some((code, text.split_once("\r\n\r\n")?.1.to_string()))
+}
+
+/// Trains the iris logistic regression once with the reference trainer
+/// (`target/debug/mlops-runtime`, built by `make test`) into `/tmp/mlops-e2e/<dir>/`;
+/// returns the artifact URI.
+pub fn train_iris(dir: &str) -> String {
+    let dir = PathBuf::from(format!("/tmp/mlops-e2e/{dir}"));
+    std::fs::create_dir_all(&dir).expect("model dir");
+    let artifact = dir.join("model.json");
+    let out = Command::new(repo_root().join("target/debug/mlops-runtime"))
+        .arg("train")
+        .env("MLOPS_MODEL_NAME", "iris")
+        .env("MLOPS_RUN_ID", "e2e")
+        .env("MLOPS_DATASET_URI", repo_root().join("runtime/testdata/iris.csv"))
+        .env("MLOPS_LABEL_COLUMN", "species")
+        .env("MLOPS_OUTPUT_URI", format!("file://{}", artifact.display()))
+        .env("MLOPS_TERMINATION_MESSAGE_PATH", dir.join("result.json"))
+        .output()
+        .expect("running mlops-runtime train (cargo build -p mlops-runtime)");
+    assert!(out.status.success(), "training: {}", output_text(&out));
+    format!("file://{}", artifact.display())
+}
