@@ -161,6 +161,18 @@ where
     Ok(api.patch(&name, &params, &Patch::Apply(obj)).await?)
 }
 
+/// Deletes `name` in the background; an object already gone is fine (idempotent).
+pub async fn delete_if_present<K>(api: &Api<K>, name: &str) -> Result<()>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &kube::api::DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(Error::Kube(e)),
+    }
+}
+
 /// Server-side applies the status subresource: `status` is the whole status we own.
 pub async fn apply_status<K, S>(api: &Api<K>, obj: &K, status: &S) -> Result<()>
 where

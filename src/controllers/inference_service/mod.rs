@@ -15,12 +15,12 @@ use k8s_openapi::{
 };
 use kube::{
     Api, ResourceExt,
-    api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams},
+    api::{ApiResource, DynamicObject, GroupVersionKind, ListParams},
     runtime::{Controller, controller::Action, events::EventType, reflector::ObjectRef, watcher},
 };
 use tracing::instrument;
 
-use super::{Context, Error, Result, apply, apply_status};
+use super::{Context, Result, apply, apply_status, delete_if_present};
 use crate::{
     analysis::{self, health::canary_health},
     api::{
@@ -268,11 +268,7 @@ async fn reconcile(isvc: Arc<InferenceService>, ctx: Arc<Context>) -> Result<Act
         apply(&deployments, &d).await?;
     }
     for d in owned.iter().filter(|d| !keep.contains(&d.name_any())) {
-        match deployments.delete(&d.name_any(), &DeleteParams::background()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(Error::Kube(e)),
-        }
+        delete_if_present(&deployments, &d.name_any()).await?;
     }
     let services = Api::namespaced(client.clone(), &ns);
     for svc in desired::services(&isvc, &plan.traffic) {
@@ -289,11 +285,7 @@ async fn reconcile(isvc: Arc<InferenceService>, ctx: Arc<Context>) -> Result<Act
         Some(hpa) => {
             apply(&hpas, &hpa).await?;
         }
-        None => match hpas.delete(&name, &DeleteParams::background()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(Error::Kube(e)),
-        },
+        None => delete_if_present(&hpas, &name).await?,
     }
 
     if isvc.status.as_ref() != Some(&plan.status) {
