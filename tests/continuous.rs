@@ -135,21 +135,21 @@ async fn drift_in_live_traffic_retrains_validates_canaries_and_promotes() {
             [f(0), f(1), f(2), f(3)]
         })
         .collect();
+    // Traffic until the promotion is seen (bounded in time): the canary analysis needs
+    // requests to measure, so it must not stop early.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let traffic = {
-        let addr = addr.clone();
+        let (addr, stop) = (addr.clone(), stop.clone());
         std::thread::spawn(move || {
             let mut seen = std::collections::BTreeMap::<String, u32>::new();
-            let end = std::time::Instant::now() + Duration::from_secs(240);
+            let end = std::time::Instant::now() + Duration::from_secs(330);
             let mut i = 0;
-            while std::time::Instant::now() < end {
+            while std::time::Instant::now() < end && !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let batch: Vec<[f64; 4]> = (0..10).map(|k| shifted[(i * 10 + k) % shifted.len()]).collect();
                 i += 1;
                 if let Some((200, body)) = infer(&addr, &batch) {
                     let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
                     *seen.entry(v["model_version"].as_str().unwrap_or("").to_string()).or_default() += 1;
-                    if seen.get("iris-r2").copied().unwrap_or(0) > 40 {
-                        break;
-                    }
                 }
                 std::thread::sleep(Duration::from_millis(40));
             }
@@ -177,6 +177,7 @@ async fn drift_in_live_traffic_retrains_validates_canaries_and_promotes() {
             && s.status.as_ref().is_some_and(|st| st.canary.is_none())
     })
     .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let seen = traffic.join().unwrap();
     assert!(
         seen.get("iris-r1").copied().unwrap_or(0) > 0 && seen.get("iris-r2").copied().unwrap_or(0) > 0,
