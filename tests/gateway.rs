@@ -86,6 +86,10 @@ async fn an_http_route_carries_the_canary_weights() {
     })
     .await;
     assert_eq!(selector("gw-stable").await, "iris-v2");
-    let isvc = isvcs.get("gw").await.unwrap();
-    assert_eq!(isvc.status.unwrap().stable.unwrap().version, "iris-v2");
+    // Status is written after the children it describes, so it can trail the route by a pass.
+    wait_until(Duration::from_secs(30), "status.stable = iris-v2", || async {
+        let isvc = isvcs.get("gw").await.ok()?;
+        (isvc.status?.stable?.version == "iris-v2").then_some(())
+    })
+    .await;
 }
