@@ -55,6 +55,10 @@ struct RunArgs {
     /// Prometheus base URL for metric checks, e.g. http://prometheus.monitoring:9090.
     #[arg(long, env = "MLOPS_PROMETHEUS_URL")]
     prometheus_url: Option<String>,
+    /// The reference runtime image (`mlops-runtime`); the data trigger's dataset checks of
+    /// `s3://` and `pvc://` datasets run it.
+    #[arg(long, env = "MLOPS_RUNTIME_IMAGE", default_value = controllers::inference_service::desired::MLOPS_RUNTIME_IMAGE)]
+    runtime_image: String,
     /// Name of the leader-election Lease.
     #[arg(long, default_value = "mlops-operator-leader")]
     lease_name: String,
@@ -130,6 +134,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         identity,
         args.watch_namespace,
         args.prometheus_url.as_deref(),
+        args.runtime_image,
     );
     let controllers = controllers::run_all(ctx, stop_rx.clone());
     let outcome = tokio::select! {

@@ -300,3 +300,157 @@ fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
 }
+
+/// The data trigger on an `s3://` dataset, against a real S3 server: the operator has no
+/// credentials of its own, so a check Job running with the TrainingJob's Secret hashes the
+/// object; a new snapshot starts one run that trains on it (reading from and writing to
+/// S3), and revoked credentials are reported, not retried into a run.
+#[tokio::test]
+async fn an_s3_dataset_change_retrains_through_a_check_job() {
+    let Some(env) = TestEnv::start("ct-s3").await else { return };
+    let Some(s3) = testkit::S3Server::start("ct-s3") else { return };
+    install_crds();
+    let _op = Operator::start(OPERATOR, &env.namespace, &[]);
+    s3.put("datasets", "iris/latest.csv", scaled_iris(1.0).as_bytes());
+    s3.bucket("models");
+    let secret = |key: &str| {
+        let out = env.kubectl(
+            &[
+                "create",
+                "secret",
+                "generic",
+                "s3-creds",
+                "--dry-run=client",
+                "-o",
+                "json",
+                &format!("--from-literal=AWS_ACCESS_KEY_ID={}", s3.access_key),
+                &format!("--from-literal=AWS_SECRET_ACCESS_KEY={key}"),
+                &format!("--from-literal=AWS_ENDPOINT_URL={}", s3.endpoint),
+            ],
+            None,
+        );
+        assert!(out.status.success(), "{}", output_text(&out));
+        let out = env.kubectl(&["apply", "-f", "-"], Some(&String::from_utf8_lossy(&out.stdout)));
+        assert!(out.status.success(), "{}", output_text(&out));
+    };
+    secret(&s3.secret_key);
+    let creds = json!({"name": "s3-creds"});
+    apply(
+        &env,
+        &json!({"apiVersion": "mlops.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "iris"},
+        "spec": {"model": "iris",
+                 "dataset": {"uri": "s3://datasets/iris/latest.csv", "labelColumn": "species", "credentialsSecretRef": creds},
+                 "hyperparameters": {"algorithm": "logistic_regression"},
+                 "trainer": {"image": "ghcr.io/mlops-dev/mlops-runtime:0.1.0", "args": ["train"]},
+                 "output": {"uri": "s3://models/iris", "credentialsSecretRef": creds},
+                 "retrain": {"data": {"checkIntervalSeconds": 10}, "cooldownSeconds": 0}}}),
+    );
+    let mvs: Api<ModelVersion> = env.api();
+    let mv1 = wait_condition(&mvs, "iris-r1", cond::VALIDATED, "True", Duration::from_secs(120)).await;
+    assert!(mv1.spec.artifact.uri.starts_with("s3://models/iris/iris-r1"), "{}", mv1.spec.artifact.uri);
+    let first = format!("sha256:{}", sha256_hex(scaled_iris(1.0).as_bytes()));
+    let tjs: Api<TrainingJob> = env.api();
+    wait_for(&tjs, "iris", Duration::from_secs(60), "the baseline digest from a check Job", |tj| {
+        tj.status.as_ref().and_then(|s| s.triggers.as_ref()).and_then(|t| t.dataset_digest.as_deref())
+            == Some(first.as_str())
+    })
+    .await;
+
+    // A new snapshot lands in the bucket: one run, on exactly that snapshot.
+    let snapshot = scaled_iris(1.1);
+    s3.put("datasets", "iris/latest.csv", snapshot.as_bytes());
+    let second = format!("sha256:{}", sha256_hex(snapshot.as_bytes()));
+    let mv2 = wait_condition(&mvs, "iris-r2", cond::VALIDATED, "True", Duration::from_secs(120)).await;
+    let lineage = mv2.spec.lineage.unwrap();
+    let trigger = lineage.trigger.unwrap();
+    assert_eq!(
+        (trigger.type_, trigger.dataset_digest.as_deref()),
+        (TriggerType::Data, Some(second.as_str()))
+    );
+    assert_eq!(lineage.dataset.unwrap().digest.as_deref(), Some(second.as_str()), "trained on that snapshot");
+
+    // Finished checks are read and removed; never more than one at a time.
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = env.api();
+    let checks = || async {
+        let lp = kube::api::ListParams::default().labels("app.kubernetes.io/component=data-check");
+        jobs.list(&lp).await.unwrap().items
+    };
+    for _ in 0..10 {
+        let now = checks().await;
+        assert!(now.len() <= 1, "{} check Jobs at once", now.len());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // Credentials revoked: the next check fails, the status says why, no run starts.
+    secret("not-the-secret");
+    let tj = wait_for(&tjs, "iris", Duration::from_secs(60), "the failed check reported", |tj| {
+        tj.status
+            .as_ref()
+            .and_then(|s| s.triggers.as_ref()?.message.clone())
+            .is_some_and(|m| m.contains("403"))
+    })
+    .await;
+    let message = tj.status.as_ref().unwrap().triggers.as_ref().unwrap().message.clone().unwrap();
+    assert!(
+        message.contains("dataset check failed") && message.contains("s3://datasets/iris/latest.csv"),
+        "{message}"
+    );
+    assert_eq!(tj.status.unwrap().runs.len(), 2);
+}
+
+/// `retrain.schedule` end to end: a time missed while the operator was down starts one
+/// late run when it is back (`RunOnce`), and the next time fires on time.
+#[tokio::test]
+async fn a_schedule_fires_on_time_and_once_for_a_time_missed_while_down() {
+    use k8s_openapi::jiff::{Timestamp, ToSpan};
+    let Some(env) = TestEnv::start("ct-cron").await else { return };
+    install_crds();
+    // Keep clear of a minute boundary, so the operator is surely down at the next one.
+    let second = Timestamp::now().as_second().rem_euclid(60);
+    if second > 40 {
+        tokio::time::sleep(Duration::from_secs((61 - second) as u64)).await;
+    }
+    let mut op = Operator::start(OPERATOR, &env.namespace, &[]);
+    let dataset = data_dir(&env.namespace).join("iris.csv");
+    std::fs::write(&dataset, scaled_iris(1.0)).unwrap();
+    apply(&env, &training_job(&env.namespace, &dataset, json!([]), json!({"schedule": "* * * * *"})));
+    let tjs: Api<TrainingJob> = env.api();
+    wait_for(&tjs, "iris", Duration::from_secs(30), "the first run", |tj| {
+        tj.status.as_ref().is_some_and(|s| !s.runs.is_empty())
+    })
+    .await;
+    op.terminate(Duration::from_secs(10));
+    let now = Timestamp::now();
+    let missed = Timestamp::from_second(now.as_second() - now.as_second().rem_euclid(60) + 60).unwrap();
+    // Down across `missed`, back 5 s after it.
+    let back = missed + 5.seconds();
+    tokio::time::sleep(
+        Duration::from_millis(back.duration_since(Timestamp::now()).as_millis().max(0) as u64),
+    )
+    .await;
+    let _op = Operator::start(OPERATOR, &env.namespace, &[]);
+    let next = missed + 60.seconds();
+    let tj = wait_for(&tjs, "iris", Duration::from_secs(150), "a run for the next schedule time", |tj| {
+        tj.status.as_ref().is_some_and(|s| s.runs.len() >= 3)
+    })
+    .await;
+    let runs = tj.status.unwrap().runs;
+    let schedule_of = |i: usize| {
+        let r = &runs[i];
+        assert_eq!(r.trigger.type_, TriggerType::Schedule, "{r:?}");
+        (r.trigger.schedule_time.clone().unwrap().0, r.start_time.clone().unwrap().0)
+    };
+    assert_eq!(runs[0].trigger.type_, TriggerType::Spec);
+    let (time, started) = schedule_of(1);
+    assert_eq!(time, missed, "the missed time, run once");
+    assert!(started >= back, "started {started}, after the operator came back at {back}");
+    let (time, started) = schedule_of(2);
+    assert_eq!(time, next);
+    let late = started.duration_since(next).as_secs_f64();
+    assert!((0.0..10.0).contains(&late), "the on-time run started {late:.1} s after its time");
+    assert_eq!(runs.len(), 3, "{runs:?}");
+    let mvs: Api<ModelVersion> = env.api();
+    let mv =
+        wait_for(&mvs, "iris-r3", Duration::from_secs(60), "the scheduled run's version", |_| true).await;
+    assert_eq!(mv.spec.lineage.unwrap().trigger.unwrap().schedule_time.map(|t| t.0), Some(next));
+}

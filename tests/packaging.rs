@@ -189,11 +189,12 @@ fn operator_rbac_lists_exactly_the_verbs_used() {
         ("mlops.dev/modelversions", APPLY),
         ("mlops.dev/modelversions/status", &["patch"]),
         ("mlops.dev/inferenceservices", READ),
-        ("batch/jobs", APPLY),
+        // Runs' Jobs, and the data trigger's check Jobs (deleted once read).
+        ("batch/jobs", OWN),
         ("/services", APPLY),
         ("/pods", READ),
         ("events.k8s.io/events", &["create", "patch"]),
-        // The InferenceService controller (being written).
+        // The InferenceService controller.
         ("mlops.dev/inferenceservices/status", &["patch"]),
         ("mlops.dev/inferenceservices/finalizers", &["update"]),
         ("apps/deployments", OWN),

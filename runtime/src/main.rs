@@ -1,4 +1,5 @@
-//! `mlops-runtime train | serve`: the reference trainer and model server.
+//! `mlops-runtime train | serve | digest`: the reference trainer, the model server, and
+//! the dataset digest the operator's data trigger runs.
 //! Every flag mirrors an environment variable of the pod contract (DESIGN.md §3).
 
 use clap::{Args, Parser, Subcommand};
@@ -25,6 +26,18 @@ enum Command {
     Train(TrainArgs),
     /// Serve a model artifact over Open Inference Protocol v2 REST.
     Serve(ServeArgs),
+    /// Print the sha256 digest of a dataset (or any object) as a one-line JSON result,
+    /// also written to the termination message: the operator's data-trigger check.
+    Digest(DigestArgs),
+}
+
+#[derive(Args)]
+struct DigestArgs {
+    /// file://, pvc://, s3:// or a local path.
+    #[arg(long, env = "MLOPS_DATASET_URI")]
+    uri: String,
+    #[arg(long, env = "MLOPS_TERMINATION_MESSAGE_PATH", default_value = DEFAULT_TERMINATION_PATH)]
+    termination_message_path: PathBuf,
 }
 
 #[derive(Args)]
@@ -121,7 +134,36 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Train(args) => train(args),
         Command::Serve(args) => serve(args),
+        Command::Digest(args) => digest(args),
     }
+}
+
+/// `{"version":1,"digest":"sha256:…","bytes":N}` on success; one line and exit 1 otherwise.
+fn digest(args: DigestArgs) -> ExitCode {
+    let (message, code) = match mlops_runtime::storage::read(&args.uri) {
+        Ok(bytes) => {
+            let json = serde_json::json!({
+                "version": 1,
+                "digest": mlops_runtime::sha256_digest(&bytes),
+                "bytes": bytes.len(),
+            });
+            (json.to_string(), 0)
+        }
+        Err(e) => (result::failure_line(&e.to_string()), 1),
+    };
+    if code == 0 {
+        println!("{message}");
+    } else {
+        eprintln!("mlops-runtime digest: {message}");
+    }
+    if let Err(e) = result::write_message(&args.termination_message_path, &message) {
+        eprintln!(
+            "mlops-runtime digest: cannot write termination message to {}: {e}",
+            args.termination_message_path.display()
+        );
+        return ExitCode::from(1);
+    }
+    ExitCode::from(code)
 }
 
 fn train(args: TrainArgs) -> ExitCode {

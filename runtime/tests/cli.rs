@@ -126,3 +126,33 @@ fn serve_crash_on_load_exits_non_zero() {
         .unwrap();
     assert_eq!(status.code(), Some(1));
 }
+
+#[test]
+fn digest_reports_the_dataset_sha256_or_one_line_why_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data.csv");
+    std::fs::write(&data, "a,b\n1,2\n").unwrap();
+    let message = dir.path().join("termination-log");
+    let run = |uri: String| {
+        let status = Command::new(BIN)
+            .arg("digest")
+            .env_clear()
+            .env("MLOPS_DATASET_URI", uri)
+            .env("MLOPS_TERMINATION_MESSAGE_PATH", &message)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        (status.code().unwrap_or(-1), std::fs::read_to_string(&message).unwrap_or_default())
+    };
+    let (code, text) = run(format!("file://{}", data.display()));
+    assert_eq!(code, 0, "{text}");
+    let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(r["version"], 1);
+    assert_eq!(r["digest"], mlops_runtime::sha256_digest(b"a,b\n1,2\n"));
+    assert_eq!(r["bytes"], 8);
+
+    let (code, text) = run(format!("file://{}/missing.csv", dir.path().display()));
+    assert_eq!(code, 1);
+    assert!(text.contains("missing.csv") && !text.contains('\n'), "{text}");
+}

@@ -71,6 +71,8 @@ pub const PART_OF: &str = "mlops";
 /// Values of [`LABEL_APP_COMPONENT`].
 pub const COMPONENT_TRAINER: &str = "trainer";
 pub const COMPONENT_SERVER: &str = "server";
+/// The short Job that hashes a TrainingJob's `s3://` or `pvc://` dataset for its data trigger.
+pub const COMPONENT_DATA_CHECK: &str = "data-check";
 
 // --- Annotations for manual control. The value is any token (a timestamp works well); ---
 // --- the operator acts once per distinct value and records it in `status.manualActions`, ---

@@ -499,10 +499,12 @@ pub struct DriftTrigger {
 }
 
 /// Data trigger: the dataset's digest is checked at an interval; a change starts a run on
-/// the new snapshot. The operator hashes `file://` datasets itself (sha256 of the file as
-/// the operator's filesystem sees it, the local platform's case); it cannot read `pvc://`
-/// claims or `s3://` objects (no credentials of its own), so for those the check reports
-/// why in `status.triggers.message` and never fires.
+/// the new snapshot. `s3://` and `pvc://` datasets are hashed by a short check Job running
+/// the reference runtime (`mlops-runtime digest`) with the TrainingJob's own dataset
+/// access: its credentials Secret, its claim mounted read-only, its trainer template's
+/// ServiceAccount; the operator holds no data credentials. `file://` datasets are hashed by
+/// the operator itself (the file as its filesystem sees it: the local platform, or a
+/// shared mount). A failed check is reported in `status.triggers.message` and never fires.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataTrigger {
@@ -686,6 +688,14 @@ pub struct TriggerStatus {
     /// When the dataset was last checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_data_check_time: Option<Time>,
+    /// Why the latest drift check measured nothing; kept until a check measures a value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub drift_check_problem: Option<String>,
+    /// Why the latest dataset check failed; kept until a check reads a digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub data_check_problem: Option<String>,
     /// What the triggers are waiting for or why a check failed (cooldown, no data, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

@@ -35,6 +35,8 @@ pub struct Context {
     pub prometheus: Option<crate::analysis::prometheus::Prometheus>,
     /// Only this namespace is watched when set (a namespace-scoped install, or a test).
     pub watch_namespace: Option<String>,
+    /// The reference runtime image, which runs the data trigger's dataset checks.
+    pub runtime_image: String,
     /// Consecutive failed reconciles per object, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -46,6 +48,7 @@ impl Context {
         instance: String,
         watch_namespace: Option<String>,
         prometheus_url: Option<&str>,
+        runtime_image: String,
     ) -> Arc<Context> {
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(instance) };
         Arc::new(Context {
@@ -53,6 +56,7 @@ impl Context {
             client,
             metrics,
             watch_namespace,
+            runtime_image,
             prometheus: prometheus_url.map(crate::analysis::prometheus::Prometheus::new),
             failures: Mutex::default(),
         })

@@ -416,3 +416,85 @@ pub fn train_iris(dir: &str) -> String {
     assert!(out.status.success(), "training: {}", output_text(&out));
     format!("file://{}", artifact.display())
 }
+
+/// A real S3 server on loopback for `s3://` tests: the Versity S3 Gateway
+/// (`hack/build-tools.sh` builds it) over a temporary folder, one bucket per folder in it,
+/// with its own root credentials; stopped and removed when dropped. Objects are written
+/// straight into the folder (a data pipeline dropping a new snapshot) and read through the
+/// S3 API, signed, by whoever is given the credentials.
+pub struct S3Server {
+    child: std::process::Child,
+    pub root: PathBuf,
+    pub endpoint: String,
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+impl S3Server {
+    /// Starts the server, or `None` (with a message) when `versitygw` is not built.
+    pub fn start(name: &str) -> Option<S3Server> {
+        let bin = tools_bin().join("versitygw");
+        if !bin.exists() {
+            let msg = format!("{} is missing: run hack/build-tools.sh", bin.display());
+            if std::env::var_os("CI").is_some() {
+                panic!("{msg}");
+            }
+            eprintln!("skipping: {msg}");
+            return None;
+        }
+        let root = PathBuf::from(format!("/tmp/mlops-e2e/s3-{}", unique_name(name)));
+        std::fs::create_dir_all(&root).expect("S3 root");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port();
+        let (access_key, secret_key) = (format!("AK{}", unique_name("s3")), unique_name("secret"));
+        let child = Command::new(&bin)
+            .args(["--access", &access_key, "--secret", &secret_key, "--port", &format!("127.0.0.1:{port}")])
+            .args(["--quiet", "posix"])
+            .arg(&root)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting versitygw");
+        let server =
+            S3Server { child, root, endpoint: format!("http://127.0.0.1:{port}"), access_key, secret_key };
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(20), "versitygw did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(server)
+    }
+
+    /// Creates an empty bucket.
+    pub fn bucket(&self, name: &str) {
+        std::fs::create_dir_all(self.root.join(name)).expect("bucket folder");
+    }
+
+    /// Writes an object (creating its bucket).
+    pub fn put(&self, bucket: &str, key: &str, bytes: &[u8]) {
+        let path = self.root.join(bucket).join(key);
+        std::fs::create_dir_all(path.parent().expect("object path")).expect("bucket folder");
+        // Write then rename, so a reader never sees half an object.
+        let tmp = path.with_extension("partial");
+        std::fs::write(&tmp, bytes).expect("object");
+        std::fs::rename(&tmp, &path).expect("object");
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// Where `hack/build-tools.sh` puts the tools it builds.
+pub fn tools_bin() -> PathBuf {
+    let cache = std::env::var_os("MLOPS_TOOLS_CACHE").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/mlops-operator")
+    });
+    cache.join("bin")
+}

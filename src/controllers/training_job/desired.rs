@@ -96,7 +96,7 @@ pub fn run_labels(tj: &TrainingJob, run: &str) -> BTreeMap<String, String> {
     ])
 }
 
-fn owner(tj: &TrainingJob) -> OwnerReference {
+pub(super) fn owner(tj: &TrainingJob) -> OwnerReference {
     // A TrainingJob read from the API always has a name and uid.
     tj.controller_owner_ref(&()).expect("TrainingJob from the API server has metadata")
 }
@@ -263,7 +263,7 @@ fn pod_template(
     Ok(template)
 }
 
-fn restricted_container() -> SecurityContext {
+pub(super) fn restricted_container() -> SecurityContext {
     SecurityContext {
         allow_privilege_escalation: Some(false),
         run_as_non_root: Some(true),
@@ -275,7 +275,7 @@ fn restricted_container() -> SecurityContext {
 
 /// A `pvc://claim/path` URI becomes a mounted claim and a `file://` path inside the pod;
 /// `file://` and `s3://` pass through unchanged.
-fn local_uri(uri: &str, role: &str, read_only: bool) -> (String, Option<(Volume, VolumeMount)>) {
+pub(super) fn local_uri(uri: &str, role: &str, read_only: bool) -> (String, Option<(Volume, VolumeMount)>) {
     let Some(rest) = uri.strip_prefix("pvc://") else { return (uri.to_string(), None) };
     let (claim, path) = rest.split_once('/').unwrap_or((rest, ""));
     let volume_name = format!("{role}-pvc");
@@ -372,7 +372,7 @@ pub fn contract_env(tj: &TrainingJob, run: &RunRef, dataset_uri: &str, output_ur
     env
 }
 
-fn s3_env(prefix: &str, secret: &str) -> Vec<EnvVar> {
+pub(super) fn s3_env(prefix: &str, secret: &str) -> Vec<EnvVar> {
     vec![
         from_secret(&format!("{prefix}AWS_ACCESS_KEY_ID"), secret, "AWS_ACCESS_KEY_ID", false),
         from_secret(&format!("{prefix}AWS_SECRET_ACCESS_KEY"), secret, "AWS_SECRET_ACCESS_KEY", false),

@@ -3,6 +3,7 @@
 //! and does it: create the new run's Job (and headless Service), create ModelVersions,
 //! then write status and Events.
 
+pub mod data_check;
 pub mod desired;
 pub mod result;
 pub mod status;
@@ -71,12 +72,12 @@ async fn reconcile(tj: Arc<TrainingJob>, ctx: Arc<Context>) -> Result<Action> {
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
 
     let selector = format!("{}={}", api::LABEL_TRAINING_JOB, tj.name_any());
-    let jobs: BTreeMap<String, Job> = jobs_api
+    let (checks, runs): (Vec<Job>, Vec<Job>) = jobs_api
         .list(&ListParams::default().labels(&selector))
         .await?
         .into_iter()
-        .map(|j| (j.name_any(), j))
-        .collect();
+        .partition(data_check::is_data_check);
+    let jobs: BTreeMap<String, Job> = runs.into_iter().map(|j| (j.name_any(), j)).collect();
     let mut pods = BTreeMap::new();
     for job in jobs.values().filter(|j| is_finished(j)) {
         let followed = tj
@@ -95,9 +96,9 @@ async fn reconcile(tj: Arc<TrainingJob>, ctx: Arc<Context>) -> Result<Action> {
     if drift_due {
         readings.drift = Some(measure_drift(&ctx, &tj, &ns).await?);
     }
-    if data_due {
-        readings.dataset = Some(dataset_digest(&tj.spec.dataset.uri).await);
-    }
+    let (dataset, finished_checks) =
+        check_dataset(&ctx, &tj, &jobs_api, &pods_api, checks, data_due, now).await?;
+    readings.dataset = dataset;
     let latest_version = match tj.status.as_ref().and_then(|s| s.latest_model_version.clone()) {
         Some(name) => {
             Api::<ModelVersion>::namespaced(ctx.client.clone(), &ns).get_opt(&name).await?.and_then(|mv| {
@@ -148,6 +149,10 @@ async fn reconcile(tj: Arc<TrainingJob>, ctx: Arc<Context>) -> Result<Action> {
     if tj.status.as_ref() != Some(&plan.status) {
         apply_status(&Api::<TrainingJob>::namespaced(ctx.client.clone(), &ns), tj.as_ref(), &plan.status)
             .await?;
+    }
+    // Read into the status just written: a check Job is done with.
+    for name in &finished_checks {
+        crate::controllers::delete_if_present(&jobs_api, name).await?;
     }
     for ev in plan.events.iter().cloned() {
         let type_ = if ev.warning { EventType::Warning } else { EventType::Normal };
@@ -235,8 +240,57 @@ async fn measure_drift(ctx: &Context, tj: &TrainingJob, ns: &str) -> Result<Read
     })
 }
 
-/// The dataset's digest, `sha256:<hex>` of the file for `file://`. The operator cannot
-/// read `pvc://` claims, and has no S3 credentials of its own for `s3://` objects.
+/// The data trigger's reading this reconcile and the check Jobs read (to delete once the
+/// status holds their result). `file://` datasets are hashed here; `s3://` and `pvc://`
+/// ones by a check Job ([`data_check`]), whose result arrives on a later reconcile.
+async fn check_dataset(
+    ctx: &Context,
+    tj: &TrainingJob,
+    jobs_api: &Api<Job>,
+    pods_api: &Api<Pod>,
+    mut checks: Vec<Job>,
+    due: bool,
+    now: k8s_openapi::jiff::Timestamp,
+) -> Result<(Option<Reading<String>>, Vec<String>)> {
+    let uri = &tj.spec.dataset.uri;
+    let wanted = tj.spec.retrain.as_ref().is_some_and(|r| r.data.is_some());
+    if !wanted || !data_check::needs_job(uri) {
+        // Leftovers of a trigger removed or a dataset moved to file://.
+        let leftovers = checks.iter().map(|j| j.name_any()).collect();
+        let reading = if wanted && due { Some(dataset_digest(uri).await) } else { None };
+        return Ok((reading, leftovers));
+    }
+    checks.sort_by_key(|j| j.metadata.creation_timestamp.clone());
+    let (mut reading, mut finished, mut running) = (None, Vec::new(), false);
+    for job in &checks {
+        if !data_check::is_finished(job) {
+            running = true;
+            continue;
+        }
+        // Oldest first, so the newest finished check's reading is the one kept.
+        let outcome = trainer_outcome(pods_api, &job.name_any()).await?;
+        reading = data_check::reading(job, &outcome, uri).or(reading);
+        finished.push(job.name_any());
+    }
+    if reading.is_none() && due {
+        if !running {
+            let name = data_check::job_name(&tj.name_any(), now.as_second());
+            let job = data_check::desired_job(tj, &ctx.runtime_image, &name);
+            let params = PostParams { field_manager: Some(api::FIELD_MANAGER.into()), ..Default::default() };
+            match jobs_api.create(&params, &job).await {
+                Ok(_) => info!(job = %name, "started a dataset check"),
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => return Err(Error::Kube(e)),
+            }
+        }
+        // Started now or still running: either way the check is under way.
+        reading = Some(Reading::Pending);
+    }
+    Ok((reading, finished))
+}
+
+/// The dataset's digest, `sha256:<hex>` of the file for `file://`, as the operator's
+/// filesystem sees it (the local platform's case, or a shared mount).
 async fn dataset_digest(uri: &str) -> Reading<String> {
     if let Some(path) = uri.strip_prefix("file://") {
         let path = path.to_string();
@@ -248,10 +302,7 @@ async fn dataset_digest(uri: &str) -> Reading<String> {
             Err(e) => Reading::Error(format!("hashing the dataset: {e}")),
         };
     }
-    let scheme = uri.split("://").next().unwrap_or("");
-    Reading::Error(format!(
-        "the data trigger cannot check {scheme}:// datasets (the operator reads only file:// datasets itself)"
-    ))
+    Reading::Error(format!("the data trigger cannot check {uri:?}: expected s3://, pvc:// or file://"))
 }
 
 fn is_finished(job: &Job) -> bool {
@@ -260,8 +311,9 @@ fn is_finished(job: &Job) -> bool {
     })
 }
 
-/// What the trainer container of a finished Job's pods left: the succeeded pod of index 0
-/// (or any succeeded pod) when there is one, else the most recently failed pod.
+/// What the trainer container (or a check Job's only container) of a finished Job's pods
+/// left: the succeeded pod of index 0 (or any succeeded pod) when there is one, else the
+/// most recently failed pod.
 async fn trainer_outcome(pods: &Api<Pod>, job: &str) -> Result<PodOutcome> {
     let list =
         pods.list(&ListParams::default().labels(&format!("{}={job}", desired::LABEL_JOB_NAME))).await?;

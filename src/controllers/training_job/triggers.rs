@@ -267,6 +267,9 @@ pub enum Reading<T> {
     NoData(String),
     /// The measurement failed (query error, unreadable file, unsupported scheme).
     Error(String),
+    /// The measurement was started and reports later (a dataset check Job): the check
+    /// counts as taken now, so the next one is an interval away and nothing waits on it.
+    Pending,
 }
 
 /// The readings of this reconcile; `None` when the check was not due.
@@ -282,6 +285,10 @@ fn ts(t: &Option<Time>) -> Option<Timestamp> {
 
 fn due(last: Option<Timestamp>, interval: i64, now: Timestamp) -> bool {
     last.is_none_or(|l| now >= l + SignedDuration::from_secs(interval))
+}
+
+fn truncate(text: String) -> String {
+    crate::controllers::truncate(text, 1000)
 }
 
 /// Which measurements the shell must take now.
@@ -400,6 +407,7 @@ pub fn assess(
             None => {}
             Some(Reading::Value(v)) => {
                 s.last_drift_check_time = Some(now_t.clone());
+                s.drift_check_problem = None;
                 s.drift_value = Some(*v);
                 if *v > d.threshold {
                     if s.drift_above_since.is_none() {
@@ -421,15 +429,19 @@ pub fn assess(
                 s.last_drift_check_time = Some(now_t.clone());
                 s.drift_value = None;
                 s.drift_above_since = None;
-                notes.push(format!("drift: no data ({why})"));
+                s.drift_check_problem = Some(truncate(format!("drift: no data ({why})")));
             }
             Some(Reading::Error(e)) => {
                 // Continuity is not proven across a failed query: the hold restarts.
                 s.last_drift_check_time = Some(now_t.clone());
                 s.drift_above_since = None;
-                notes.push(format!("drift check failed: {e}"));
+                s.drift_check_problem = Some(truncate(format!("drift check failed: {e}")));
             }
+            // Queries answer at once; nothing to wait for.
+            Some(Reading::Pending) => {}
         }
+        // Reported until a check measures a value, not only in the pass that saw it.
+        notes.extend(s.drift_check_problem.clone());
         let last = ts(&s.last_drift_check_time).unwrap_or(now);
         wakeups.push(last + SignedDuration::from_secs(interval));
         // Fires when the readings have been above the threshold for the whole hold: from
@@ -455,6 +467,7 @@ pub fn assess(
             None => {}
             Some(Reading::Value(digest)) => {
                 s.last_data_check_time = Some(now_t.clone());
+                s.data_check_problem = None;
                 s.observed_dataset_digest = Some(digest.clone());
                 if s.dataset_digest.is_none() {
                     s.dataset_digest = Some(digest.clone());
@@ -462,9 +475,11 @@ pub fn assess(
             }
             Some(Reading::NoData(why) | Reading::Error(why)) => {
                 s.last_data_check_time = Some(now_t.clone());
-                notes.push(format!("dataset check failed: {why}"));
+                s.data_check_problem = Some(truncate(format!("dataset check failed: {why}")));
             }
+            Some(Reading::Pending) => s.last_data_check_time = Some(now_t.clone()),
         }
+        notes.extend(s.data_check_problem.clone());
         let last = ts(&s.last_data_check_time).unwrap_or(now);
         wakeups.push(last + SignedDuration::from_secs(interval));
         if let (Some(seen), Some(base)) = (&s.observed_dataset_digest, &s.dataset_digest)
@@ -473,6 +488,13 @@ pub fn assess(
             trigger.dataset_digest = Some(seen.clone());
             reactive.push((TriggerType::Data, format!("dataset digest changed from {base} to {seen}")));
         }
+    }
+
+    if r.drift.is_none() {
+        s.drift_check_problem = None;
+    }
+    if r.data.is_none() {
+        s.data_check_problem = None;
     }
 
     // Cooldown holds the reactive triggers back (they stay pending).
@@ -861,11 +883,33 @@ mod tests {
             &spec,
             &s,
             None,
-            Some(Reading::Error("cannot check pvc:// datasets".into())),
+            Some(Reading::Error("the check Job iris-dc-1 failed: 403 Forbidden".into())),
             "2025-01-01T00:06:00Z",
         );
-        assert!(a.state.message.unwrap().contains("dataset check failed: cannot check pvc://"));
+        assert!(
+            a.state
+                .message
+                .as_deref()
+                .unwrap()
+                .contains("dataset check failed: the check Job iris-dc-1 failed")
+        );
         assert_eq!(a.events[0].reason, "TriggerCheckFailed");
+        // A check Job started: it counts as the check, so the next is an interval away
+        // (no requeue storm while it runs) and nothing is reported yet.
+        let failed = a.state.clone();
+        let a = step(&spec, &failed, None, Some(Reading::Pending), "2025-01-01T00:07:00Z");
+        assert_eq!(a.state.last_data_check_time, Some(Time("2025-01-01T00:07:00Z".parse().unwrap())));
+        assert_eq!(a.state.observed_dataset_digest, s.observed_dataset_digest);
+        assert!(a.events.is_empty(), "{:?}", a.events);
+        assert!(a.requeue_after.unwrap() >= Duration::from_secs(10), "{:?}", a.requeue_after);
+        // The failure stays reported (and announced once) until a check reads a digest.
+        assert!(a.state.message.as_deref().unwrap().contains("403 Forbidden"), "{:?}", a.state.message);
+        let quiet = step(&spec, &a.state, None, None, "2025-01-01T00:07:01Z");
+        assert!(quiet.state.message.as_deref().unwrap().contains("403 Forbidden"));
+        assert!(quiet.events.is_empty());
+        let healed = step(&spec, &quiet.state, None, v("sha256:e"), "2025-01-01T00:07:20Z");
+        assert_eq!(healed.state.data_check_problem, None);
+        assert!(!healed.state.message.unwrap_or_default().contains("403"));
     }
 
     #[test]
