@@ -332,6 +332,76 @@ async fn setup(test: &str) -> Option<Setup> {
 }
 
 // ---------------------------------------------------------------------------------------
+// analysis.waitForFirstScrape: a canary gets traffic only once Prometheus has scraped it, so
+// a bad one is caught by its first scrape, not after Prometheus happens to discover it.
+
+#[tokio::test]
+async fn a_gated_canary_gets_traffic_only_after_its_first_scrape() {
+    let Some(Setup { env, op: _op, uri, release: _release }) = setup("isvc-gate").await else { return };
+    import_version(&env, &uri, "iris-v1", None).await;
+    let check = ERROR_RATE.replace("sum(rate(", "sum(").replace("[10s]))", ")");
+    apply(
+        &env,
+        &inference_service(
+            "web",
+            json!({"replicas": 2, "rollout": {
+                "steps": [{"weight": 50, "pauseSeconds": 600}], "progressDeadlineSeconds": 300,
+                "analysis": {"intervalSeconds": 2, "failureLimit": 0, "waitForFirstScrape": true,
+                             "metrics": [{"name": "error-rate", "query": check, "max": 0.05, "onNoData": "Wait"}]}
+            }}),
+        ),
+    );
+    let isvcs: Api<InferenceService> = env.api();
+    wait_serving(&env, "web", "iris-v1").await;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = env.api();
+    let gate_of =
+        |p: &k8s_openapi::api::core::v1::Pod, t: &str| {
+            p.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == t).map(|c| {
+                (c.status.clone(), c.reason.clone().unwrap_or_default(), c.last_transition_time.clone())
+            })
+        };
+    let listed = |version: &'static str| {
+        let pods = pods.clone();
+        async move {
+            let lp = ListParams::default().labels(&format!("mlops.dev/model-version={version}"));
+            pods.list(&lp).await.unwrap().items
+        }
+    };
+    // The stable version's pods are opened at once.
+    for p in listed("iris-v1").await {
+        assert_eq!(
+            gate_of(&p, "mlops.dev/scraped").map(|g| (g.0, g.1)),
+            Some(("True".into(), "StableVersion".into()))
+        );
+    }
+    let addr = service_address(&env, "web").await;
+    let load = Load::start(addr, 50);
+
+    // A failing canary: Ready (and so served) only after its first scrape, then rolled back.
+    let t0 = Instant::now();
+    import_version(&env, &uri, "iris-v2", Some(json!({"MLOPS_FAULT_ERROR_RATE": "1"}))).await;
+    let canary = wait_until(SHORT, "the canary pod, Ready", || async {
+        listed("iris-v2").await.into_iter().find(|p| gate_of(p, "Ready").is_some_and(|g| g.0 == "True"))
+    })
+    .await;
+    let (gate, reason, opened) = gate_of(&canary, "mlops.dev/scraped").expect("the gate condition");
+    assert_eq!((gate.as_str(), reason.as_str()), ("True", "Scraped"), "opened by a scrape");
+    let (_, _, ready_at) = gate_of(&canary, "Ready").unwrap();
+    assert!(ready_at >= opened, "Ready {ready_at:?} before the gate opened {opened:?}");
+    let i = wait_until(LONG, "the rollback", || async {
+        let i = isvcs.get("web").await.ok()?;
+        (history_has(&i, "iris-v2", RolloutOutcome::RolledBack) == 1).then_some(i)
+    })
+    .await;
+    assert_eq!(status(&i).last_decision.unwrap().check, "error-rate");
+    // Every error answer came after the canary was observable, and few got through.
+    let errors: Vec<Instant> = load.since(t0).iter().filter(|h| h.code >= 500).map(|h| h.at).collect();
+    assert!(!errors.is_empty(), "the canary served");
+    let span = errors.last().unwrap().duration_since(errors[0]).as_secs_f64();
+    assert!(span < 5.0, "errors for {span:.1} s: one scrape interval and one poll should catch it");
+}
+
+// ---------------------------------------------------------------------------------------
 // (a) A good version walks every step, bakes, is promoted; the old stable stays as a
 // scaled-down standby for scaleDownDelaySeconds, then goes.
 
@@ -880,13 +950,20 @@ async fn a_failing_pinned_version_keeps_the_old_one_serving_and_reports_degraded
 // Benchmark (bench/rollback.sh): time from fault onset to all traffic on stable.
 
 /// `cargo test --test inference -- --ignored --nocapture bench_rollback`
-/// (`BENCH_RUNS`, default 10; `BENCH_INTERVAL_SECONDS`, default 2).
+/// (`BENCH_RUNS`, default 10; `BENCH_INTERVAL_SECONDS`, default 2). Runs the scenario twice:
+/// with the default analysis, then with `waitForFirstScrape` (`BENCH_GATE=off` or `on`
+/// runs only one of them).
 #[tokio::test]
 #[ignore = "benchmark: run with bench/rollback.sh"]
 async fn bench_rollback() {
     let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
     let interval: u64 =
         std::env::var("BENCH_INTERVAL_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+    let modes: Vec<bool> = match std::env::var("BENCH_GATE").as_deref() {
+        Ok("off") => vec![false],
+        Ok("on") => vec![true],
+        _ => vec![false, true],
+    };
     let scrape = 2.0; // hack/prometheus.sh scrape_interval
     let Some(Setup { env, op: _op, uri, release: _release }) = setup("bench-rollback").await else { return };
     import_version(&env, &uri, "iris-v1", None).await;
@@ -898,29 +975,68 @@ async fn bench_rollback() {
         _ => ERROR_RATE.replace("sum(rate(", "sum(").replace("[10s]))", ")"),
     };
     println!("query: {query}");
-    // 4 replicas, the canary at 25 % (one pod).
-    apply(
-        &env,
-        &inference_service(
-            "web",
-            json!({"replicas": 4, "rollout": {
-                "steps": [{"weight": 25, "pauseSeconds": 120}],
-                "bakeSeconds": 5, "progressDeadlineSeconds": 300,
-                "analysis": {"intervalSeconds": interval, "failureLimit": 0,
-                             "metrics": [{"name": "error-rate", "query": query, "max": 0.05, "onNoData": "Wait"}]}
-            }}),
-        ),
-    );
-    let isvcs: Api<InferenceService> = env.api();
-    wait_serving(&env, "web", "iris-v1").await;
-    let addr = service_address(&env, "web").await;
-    let load = Load::start(addr, 100);
     let floor = scrape + interval as f64;
+    let mut summaries = Vec::new();
+    for gate in modes {
+        let label = if gate { "waitForFirstScrape: true" } else { "default analysis" };
+        println!("-- {label}");
+        // 4 replicas, the canary at 25 % (one pod).
+        apply(
+            &env,
+            &inference_service(
+                "web",
+                json!({"replicas": 4, "rollout": {
+                    "steps": [{"weight": 25, "pauseSeconds": 120}],
+                    "bakeSeconds": 5, "progressDeadlineSeconds": 300,
+                    "analysis": {"intervalSeconds": interval, "failureLimit": 0, "waitForFirstScrape": gate,
+                                 "metrics": [{"name": "error-rate", "query": query, "max": 0.05, "onNoData": "Wait"}]}
+                }}),
+            ),
+        );
+        if gate {
+            // The new pod template (with the gate) rolls iris-v1's pods: let that settle.
+            tokio::time::sleep(Duration::from_secs(15)).await;
+        }
+        let results = bench_runs(&env, &uri, runs, gate, floor).await;
+        summaries.push((label, results));
+    }
+    println!(
+        "floor = scrape interval {scrape} s + analysis interval {interval} s = {floor} s; target floor + 2 s"
+    );
+    let stats = |mut v: Vec<f64>| -> (f64, f64) {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let pick = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+        (pick(0.5), pick(0.9))
+    };
+    for (label, results) in summaries {
+        let (m1, p1) = stats(results.iter().map(|r| r.0).collect());
+        let (m2, p2) = stats(results.iter().map(|r| r.1).collect());
+        println!("{label}:");
+        println!(
+            "fault onset -> last 5xx seen:           median {m1:.2} s ({:.2}× floor), p90 {p1:.2} s ({:.2}× floor)",
+            m1 / floor,
+            p1 / floor
+        );
+        println!(
+            "fault onset -> rollback complete:       median {m2:.2} s ({:.2}× floor), p90 {p2:.2} s ({:.2}× floor)",
+            m2 / floor,
+            p2 / floor
+        );
+    }
+}
+
+/// `runs` faulty versions in a row against the InferenceService `web` (stable iris-v1):
+/// per run, (onset → last 5xx, onset → rollback complete, failed requests).
+async fn bench_runs(env: &TestEnv, uri: &str, runs: usize, gate: bool, floor: f64) -> Vec<(f64, f64, f64)> {
+    let isvcs: Api<InferenceService> = env.api();
+    wait_serving(env, "web", "iris-v1").await;
+    let addr = service_address(env, "web").await;
+    let load = Load::start(addr, 100);
     let mut results: Vec<(f64, f64, f64)> = Vec::new();
     for run in 1..=runs {
-        let version = format!("iris-bad-{run}");
+        let version = format!("iris-bad-{}-{run}", if gate { "g" } else { "p" });
         let t0 = Instant::now();
-        import_version(&env, &uri, &version, Some(json!({"MLOPS_FAULT_ERROR_RATE": "1"}))).await;
+        import_version(env, uri, &version, Some(json!({"MLOPS_FAULT_ERROR_RATE": "1"}))).await;
         // Onset: the first 5xx the load generator sees.
         let onset = wait_until(LONG, "the first 5xx", || async {
             load.since(t0).iter().find(|h| h.code >= 500).map(|h| h.at)
@@ -961,31 +1077,11 @@ async fn bench_rollback() {
         );
         results.push((traffic_back, total, bad as f64));
         wait_until(SHORT, "the failed canary's Deployment to go", || async {
-            (!deployments(&env, "web").await.contains_key(&format!("web-{version}"))).then_some(())
+            (!deployments(env, "web").await.contains_key(&format!("web-{version}"))).then_some(())
         })
         .await;
         // Let the next run's rate window start clean.
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    let stats = |mut v: Vec<f64>| -> (f64, f64) {
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        let pick = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
-        (pick(0.5), pick(0.9))
-    };
-    let (m1, p1) = stats(results.iter().map(|r| r.0).collect());
-    let (m2, p2) = stats(results.iter().map(|r| r.1).collect());
-    println!(
-        "floor = scrape interval {scrape} s + analysis interval {interval} s = {floor} s; target floor + 2 s"
-    );
-    println!(
-        "fault onset -> last 5xx seen:           median {m1:.2} s ({:.2}× floor), p90 {p1:.2} s ({:.2}× floor)",
-        m1 / floor,
-        p1 / floor
-    );
-    println!(
-        "fault onset -> rollback complete:       median {m2:.2} s ({:.2}× floor), p90 {p2:.2} s ({:.2}× floor)",
-        m2 / floor,
-        p2 / floor
-    );
-    drop(load);
+    results
 }

@@ -193,6 +193,7 @@ fn operator_rbac_lists_exactly_the_verbs_used() {
         ("batch/jobs", OWN),
         ("/services", APPLY),
         ("/pods", READ),
+        ("/pods/status", &["patch"]),
         ("events.k8s.io/events", &["create", "patch"]),
         // The InferenceService controller.
         ("mlops.dev/inferenceservices/status", &["patch"]),

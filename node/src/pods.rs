@@ -326,8 +326,25 @@ async fn run_pod(
                 ..ContainerRecord::new(&c.name, c.image.as_deref().unwrap_or_default())
             })
             .collect(),
+        gates: crate::status::gates(&pod),
     };
     let shared = Arc::new(PodShared { record: Mutex::new(record), changed: Notify::new() });
+    // Readiness gates are opened by other controllers, on the pod object: follow it.
+    let gates_task = {
+        let (shared, mut pod_rx) = (shared.clone(), pod_rx.clone());
+        tokio::spawn(async move {
+            while pod_rx.changed().await.is_ok() {
+                let gates = crate::status::gates(&pod_rx.borrow_and_update());
+                let changed = {
+                    let mut rec = shared.record.lock().expect("pod record lock");
+                    std::mem::replace(&mut rec.gates, gates.clone()) != gates
+                };
+                if changed {
+                    shared.changed.notify_one();
+                }
+            }
+        })
+    };
     let writer = Arc::new(StatusWriter {
         agent: agent.clone(),
         api: Api::namespaced(agent.client.clone(), &ns),
@@ -416,6 +433,7 @@ async fn run_pod(
         None => wait_stop(&mut stop_rx).await,
     };
     writer_task.abort();
+    gates_task.abort();
     if let Some(stop) = stop
         && stop.remove_object
         && !agent.shutting_down.load(Ordering::SeqCst)

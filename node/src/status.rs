@@ -70,6 +70,25 @@ pub struct PodRecord {
     pub start_time: String,
     pub init: Vec<ContainerRecord>,
     pub containers: Vec<ContainerRecord>,
+    /// The pod's readiness gates: condition type, and whether that condition is True.
+    pub gates: Vec<(String, bool)>,
+}
+
+/// The readiness gates of `pod` with the state of their conditions (set by other
+/// controllers): a gated pod is Ready only when every gate's condition is True.
+pub fn gates(pod: &k8s_openapi::api::core::v1::Pod) -> Vec<(String, bool)> {
+    let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.readiness_gates.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|g| {
+            let open = conditions
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == g.condition_type && c.status == "True"));
+            (g.condition_type.clone(), open)
+        })
+        .collect()
 }
 
 /// The pod phase, with the kubelet's rules.
@@ -112,6 +131,8 @@ pub fn conditions(rec: &PodRecord) -> Vec<Condition> {
     let not_ready_msg =
         (!unready.is_empty()).then(|| format!("containers with unready status: [{}]", unready.join(" ")));
     let not_ready_reason = if terminal { "PodCompleted" } else { "ContainersNotReady" };
+    let closed_gates: Vec<&str> =
+        rec.gates.iter().filter(|(_, open)| !open).map(|(t, _)| t.as_str()).collect();
     let uninit: Vec<&str> = rec.init.iter().filter(|c| !c.succeeded()).map(|c| c.name.as_str()).collect();
     vec![
         cond("PodReadyToStartContainers", rec.pod_ip.is_some(), None, None),
@@ -130,8 +151,19 @@ pub fn conditions(rec: &PodRecord) -> Vec<Condition> {
         } else {
             cond("ContainersReady", false, Some(not_ready_reason), not_ready_msg.clone())
         },
-        if ready {
+        if ready && closed_gates.is_empty() {
             cond("Ready", true, None, None)
+        } else if ready {
+            // The kubelet's wording for a gate whose condition is not True.
+            cond(
+                "Ready",
+                false,
+                Some("ReadinessGatesNotReady"),
+                Some(format!(
+                    "corresponding condition of pod readiness gate \"{}\" is not True",
+                    closed_gates[0]
+                )),
+            )
         } else {
             cond("Ready", false, Some(not_ready_reason), not_ready_msg)
         },
@@ -262,7 +294,31 @@ mod tests {
                     ..ContainerRecord::new(&format!("c{i}"), "img")
                 })
                 .collect(),
+            gates: vec![],
         }
+    }
+
+    #[test]
+    fn readiness_gates_hold_ready_until_their_condition_is_true() {
+        let running = State::Running { started_at: "t".into() };
+        let mut r = rec(vec![(running, true, false)]);
+        r.gates = vec![("mlops.dev/scraped".into(), false)];
+        let c = conditions(&r);
+        let find = |c: &[Condition], t: &str| c.iter().find(|x| x.type_ == t).unwrap().clone();
+        assert!(find(&c, "ContainersReady").status);
+        let ready = find(&c, "Ready");
+        assert!(!ready.status);
+        assert_eq!(ready.reason.as_deref(), Some("ReadinessGatesNotReady"));
+        assert!(ready.message.unwrap().contains("mlops.dev/scraped"));
+        r.gates[0].1 = true;
+        assert!(find(&conditions(&r), "Ready").status);
+
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+            "spec": {"containers": [], "readinessGates": [{"conditionType": "a"}, {"conditionType": "b"}]},
+            "status": {"conditions": [{"type": "a", "status": "True"}, {"type": "b", "status": "False"}]}
+        }))
+        .unwrap();
+        assert_eq!(gates(&pod), [("a".to_string(), true), ("b".to_string(), false)]);
     }
 
     #[test]

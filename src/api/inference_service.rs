@@ -354,6 +354,16 @@ pub struct Analysis {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthCheck>,
 
+    /// Send a version's pods traffic only once Prometheus has scraped them
+    /// (`up{namespace, pod} == 1`), so no request reaches a canary no check can see yet,
+    /// and a bad canary is caught by its first scrape. The pods get the readiness gate
+    /// `mlops.dev/scraped`, which the operator opens: at once for the stable version's
+    /// pods, on the first scrape for the canary's, and after 60 s regardless (then the
+    /// `onNoData` policy decides). Pods of a gated version that start while the operator
+    /// is down wait for it to become Ready. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_for_first_scrape: Option<bool>,
+
     /// Prometheus metric checks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(

@@ -162,26 +162,44 @@ fn secs_between(a: &Time, b: &Time) -> i64 {
     b.0.duration_since(a.0).as_secs()
 }
 
+/// While a metric check has had no data for less than this, it is queried again every
+/// [`NO_DATA_POLL`] (and the repeats are not recorded): a new canary's first samples
+/// arrive within a scrape or two, and waiting a whole interval for them would only delay
+/// the verdict, and a rollback. Past this, no data is measured once per interval.
+pub const NO_DATA_FAST_SECONDS: i64 = 10;
+pub const NO_DATA_POLL: Duration = Duration::from_millis(250);
+
 /// Whether the metric checks are due for a measurement now (the shell queries Prometheus
-/// only then): a canary with traffic, and an interval passed since the last measurement.
+/// only then): a canary with traffic, and its next measurement time reached.
 pub fn metrics_due(spec: &InferenceServiceSpec, status: &InferenceServiceStatus, now: &Time) -> bool {
     let s = Settings::of(spec);
     let Some(canary) = &status.canary else { return false };
-    last_measured(canary, &s).is_none_or(|t| secs_between(&t, now) >= s.interval)
-        && !s.metrics.is_empty()
+    !s.metrics.is_empty()
         && matches!(canary.phase, CanaryPhase::Progressing | CanaryPhase::Baking)
+        && (awaiting_first_data(canary, &s, now)
+            || last_measured(canary, &s).is_none_or(|t| secs_between(&t, now) >= s.interval))
 }
 
-/// When the metric checks were last measured (or the step began), from which the next
-/// measurement is due one interval later.
+/// When the metric checks were last measured; `None` before the canary's first
+/// measurement, which is taken as soon as it serves (its pods are new, so any sample is
+/// its own). Later measurements are due one interval after the last.
 fn last_measured(canary: &CanaryStatus, s: &Settings) -> Option<Time> {
-    let last = canary
+    metric_checks(canary, s).filter_map(|c| c.measurements.last().map(|m| m.time.clone())).max()
+}
+
+/// A metric check has had no data, but for less than [`NO_DATA_FAST_SECONDS`].
+fn awaiting_first_data(canary: &CanaryStatus, s: &Settings, now: &Time) -> bool {
+    metric_checks(canary, s).any(|c| {
+        c.verdict == Some(CheckVerdict::NoData)
+            && c.no_data_since.as_ref().is_some_and(|t| secs_between(t, now) < NO_DATA_FAST_SECONDS)
+    })
+}
+
+fn metric_checks<'a>(canary: &'a CanaryStatus, s: &'a Settings) -> impl Iterator<Item = &'a CheckStatus> {
+    canary
         .analysis
         .iter()
         .filter(|c| c.kind == CheckKind::Metric && s.metrics.iter().any(|m| m.name == c.name))
-        .filter_map(|c| c.measurements.last().map(|m| m.time.clone()))
-        .max();
-    last.or(canary.step_start_time.clone())
 }
 
 /// The next state. See the module documentation for the life of a rollout.
@@ -592,13 +610,20 @@ fn apply_sample(c: &mut CanaryStatus, s: &Settings, m: &Measured, now: &Time) {
         CheckVerdict::Error => check.query_errors += 1,
         _ => check.query_errors = 0,
     }
+    // Polled again and again while a new canary awaits its first samples: those repeats
+    // are not new measurements (nor status writes).
+    let repeat = verdict == CheckVerdict::NoData
+        && check.verdict == Some(CheckVerdict::NoData)
+        && check.no_data_since.as_ref().is_some_and(|t| secs_between(t, now) < NO_DATA_FAST_SECONDS);
     if verdict == CheckVerdict::NoData {
         check.no_data_since.get_or_insert_with(|| now.clone());
     } else if verdict != CheckVerdict::Error {
         check.no_data_since = None;
     }
     check.verdict = Some(verdict);
-    push_measurement(check, Measurement { time: now.clone(), value, verdict, message });
+    if !repeat {
+        push_measurement(check, Measurement { time: now.clone(), value, verdict, message });
+    }
 }
 
 fn describe_bounds(m: &MetricCheck) -> String {
@@ -866,11 +891,12 @@ fn next_check(st: &InferenceServiceStatus, s: &Settings, now: &Time) -> Duration
         // The next measurement is due one interval after the last one, not one interval
         // after this pass: a pass woken by a pod or Deployment event in between must not
         // push the measurement back (each such pass replaces the pending requeue).
-        if !s.metrics.is_empty()
-            && matches!(c.phase, CanaryPhase::Progressing | CanaryPhase::Baking)
-            && let Some(last) = last_measured(c, s)
-        {
-            wait = wait.min(s.interval - secs_between(&last, now));
+        if !s.metrics.is_empty() && matches!(c.phase, CanaryPhase::Progressing | CanaryPhase::Baking) {
+            if awaiting_first_data(c, s, now) {
+                return NO_DATA_POLL;
+            }
+            let due_in = last_measured(c, s).map_or(0, |t| s.interval - secs_between(&t, now));
+            wait = wait.min(due_in);
         }
         if let Some(start) = &c.step_start_time {
             let pause = if c.phase == CanaryPhase::Baking {

@@ -119,12 +119,22 @@ fn a_good_version_walks_every_step_then_bakes_then_is_promoted() {
     let p = run(&sp, &st, obs("v2"), 1);
     assert_eq!(phase(&p), Some(CanaryPhase::Progressing));
     st = p.status;
-    assert!(metrics_due(&sp, &st, &t(6)), "an interval after the step started");
-    assert!(!metrics_due(&sp, &st, &t(3)));
-    // A passing measurement, but the 10 s pause is not over.
-    let p = run(&sp, &st, Obs { samples: vec![("errors", Sample::Value(0.01))], ..obs("v2") }, 6);
+    // The first measurement as soon as the canary serves; while its first samples are
+    // awaited it is polled every 250 ms, the repeats unrecorded (no status writes).
+    assert!(metrics_due(&sp, &st, &t(1)), "measured as soon as the canary serves");
+    let p = run(&sp, &st, Obs { samples: vec![("errors", Sample::NoData)], ..obs("v2") }, 1);
+    st = p.status;
+    assert!(metrics_due(&sp, &st, &t(1)), "no data is polled again at once");
+    assert_eq!(p.requeue, NO_DATA_POLL);
+    let again = run(&sp, &st, Obs { samples: vec![("errors", Sample::NoData)], ..obs("v2") }, 2);
+    assert_eq!(again.status, st, "a repeated empty result changes nothing");
+    assert_eq!(again.requeue, NO_DATA_POLL);
+    // A passing measurement, but the 10 s pause is not over; the next is an interval away.
+    let p = run(&sp, &st, Obs { samples: vec![("errors", Sample::Value(0.01))], ..obs("v2") }, 2);
     assert_eq!(p.status.canary.as_ref().unwrap().step, 0);
     st = p.status;
+    assert!(!metrics_due(&sp, &st, &t(6)));
+    assert!(metrics_due(&sp, &st, &t(7)), "an interval after the last measurement");
     // Pause over: next step.
     let p = run(&sp, &st, obs("v2"), 12);
     assert_eq!(p.status.canary.as_ref().unwrap().step, 1);
@@ -276,6 +286,25 @@ fn waiting_for_data_ends_at_the_progress_deadline() {
     let p = run(&sp, &p.status, obs("v2"), 71);
     assert_eq!(phase(&p), Some(CanaryPhase::RollingBack));
     assert_eq!(p.status.last_decision.as_ref().unwrap().reason, "ProgressDeadlineExceeded");
+}
+
+#[test]
+fn no_data_is_polled_fast_at_first_then_once_an_interval() {
+    let sp = spec(json!({})); // intervalSeconds 5
+    let no_data = || Obs { samples: vec![("errors", Sample::NoData)], ..obs("v2") };
+    let measurements = |st: &InferenceServiceStatus| {
+        st.canary.as_ref().unwrap().analysis.iter().find(|c| c.name == "errors").unwrap().measurements.len()
+    };
+    let p = run(&sp, &progressing("v2", 0, 0), no_data(), 1);
+    assert_eq!((measurements(&p.status), p.requeue), (1, NO_DATA_POLL));
+    let p = run(&sp, &p.status, no_data(), 9);
+    assert_eq!((measurements(&p.status), p.requeue), (1, NO_DATA_POLL), "repeats unrecorded");
+    // Past the fast window: recorded, and measured again an interval later.
+    let p = run(&sp, &p.status, no_data(), 11);
+    assert_eq!(measurements(&p.status), 2);
+    assert!(p.requeue >= Duration::from_secs(1), "{:?}", p.requeue);
+    assert!(!metrics_due(&sp, &p.status, &t(13)));
+    assert!(metrics_due(&sp, &p.status, &t(16)));
 }
 
 #[test]

@@ -294,7 +294,11 @@ impl Operator {
             .args(["--namespace", namespace, "--lease-duration-seconds", "6", "--lease-retry-seconds", "1"])
             .args(extra)
             .env("KUBECONFIG", kubeconfig_path())
-            .env("RUST_LOG", "info,kube=warn")
+            // MLOPS_E2E_OPERATOR_LOG overrides the filter (e.g. `info,mlops_operator=debug`).
+            .env(
+                "RUST_LOG",
+                std::env::var("MLOPS_E2E_OPERATOR_LOG").unwrap_or_else(|_| "info,kube=warn".into()),
+            )
             .stdout(file.try_clone().expect("log file"))
             .stderr(file)
             .spawn()

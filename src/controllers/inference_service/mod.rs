@@ -5,6 +5,7 @@
 //! longer needed, and writes status and Events.
 
 pub mod desired;
+pub mod gate;
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -15,10 +16,10 @@ use k8s_openapi::{
 };
 use kube::{
     Api, ResourceExt,
-    api::{ApiResource, DynamicObject, GroupVersionKind, ListParams},
+    api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams},
     runtime::{Controller, controller::Action, events::EventType, reflector::ObjectRef, watcher},
 };
-use tracing::instrument;
+use tracing::{debug, instrument};
 
 use super::{Context, Result, apply, apply_status, delete_if_present};
 use crate::{
@@ -27,6 +28,7 @@ use crate::{
         self, InferenceService, ModelVersion,
         common::annotation_pending,
         conditions::{self as cond},
+        inference_service::InferenceServiceStatus,
     },
     rollout::{self, Health, Manual, Measured, Observed, Sample, Settings, Target},
 };
@@ -222,6 +224,7 @@ async fn reconcile(isvc: Arc<InferenceService>, ctx: Arc<Context>) -> Result<Act
                     Sample::Error("no Prometheus configured: start the operator with --prometheus-url".into())
                 }
             };
+            debug!(check = %check.name, version = %v, ?sample, "measured");
             measurements.push(Measured { check: check.name.clone(), sample });
         }
     }
@@ -288,6 +291,8 @@ async fn reconcile(isvc: Arc<InferenceService>, ctx: Arc<Context>) -> Result<Act
         None => delete_if_present(&hpas, &name).await?,
     }
 
+    let gates_closed = open_gates(&ctx, &isvc, &pods, &selector, &plan.status, &now).await?;
+
     if isvc.status.as_ref() != Some(&plan.status) {
         apply_status(&Api::<InferenceService>::namespaced(client, &ns), isvc.as_ref(), &plan.status).await?;
     }
@@ -299,5 +304,47 @@ async fn reconcile(isvc: Arc<InferenceService>, ctx: Arc<Context>) -> Result<Act
         ctx.metrics.delivered(&ns, &name, d);
     }
     ctx.reset_failures(isvc.as_ref());
-    Ok(Action::requeue(plan.requeue))
+    // A canary held at its readiness gate is waiting for its first scrape: look often.
+    let requeue = if gates_closed { plan.requeue.min(rollout::NO_DATA_POLL) } else { plan.requeue };
+    Ok(Action::requeue(requeue))
+}
+
+/// Opens the `mlops.dev/scraped` readiness gates that may open ([`gate`]); true while a
+/// gate stays closed.
+async fn open_gates(
+    ctx: &Context,
+    isvc: &InferenceService,
+    pods: &Api<Pod>,
+    selector: &str,
+    status: &InferenceServiceStatus,
+    now: &Time,
+) -> Result<bool> {
+    if !gate::enabled(isvc) {
+        return Ok(false);
+    }
+    let list = pods.list(&ListParams::default().labels(selector)).await?.items;
+    let stable = status.stable.as_ref().map(|s| s.version.as_str());
+    let mut still_closed = false;
+    for pod in gate::closed(&list) {
+        let name = pod.name_any();
+        let scraped = match &ctx.prometheus {
+            Some(p) if gate::needs_scrape_check(pod, stable, now) => {
+                let ns = isvc.namespace().unwrap_or_default();
+                matches!(p.query(&gate::up_query(&ns, &name)).await, Sample::Value(v) if v >= 1.0)
+            }
+            _ => false,
+        };
+        match gate::opening(pod, stable, scraped, ctx.prometheus.is_some(), now) {
+            Some((reason, message)) => {
+                let patch = gate::open_patch(reason, &message, now);
+                match pods.patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch)).await {
+                    Ok(_) => debug!(pod = %name, reason, "opened the readiness gate"),
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            None => still_closed = true,
+        }
+    }
+    Ok(still_closed)
 }

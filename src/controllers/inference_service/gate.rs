@@ -1,0 +1,159 @@
+//! The `mlops.dev/scraped` readiness gate (`analysis.waitForFirstScrape`), as pure
+//! functions: a gated pod is Ready, and so gets traffic, only once the operator sets this
+//! condition. The stable version's pods are opened at once; the canary's once Prometheus
+//! has scraped them, so its first requests are already under observation; any pod after
+//! [`OPEN_AFTER_SECONDS`] regardless, so a Prometheus that never sees it cannot hold a
+//! version back forever (the `onNoData` policy then decides).
+
+use k8s_openapi::{
+    api::core::v1::{Pod, PodReadinessGate},
+    apimachinery::pkg::apis::meta::v1::Time,
+};
+use kube::ResourceExt;
+use serde_json::{Value, json};
+
+use crate::api::{self, InferenceService};
+
+/// The pod condition type of the gate.
+pub const SCRAPED: &str = "mlops.dev/scraped";
+/// A gated pod older than this is opened even if no scrape was seen.
+pub const OPEN_AFTER_SECONDS: i64 = 60;
+
+pub fn enabled(isvc: &InferenceService) -> bool {
+    isvc.spec.rollout.as_ref().and_then(|r| r.analysis.as_ref()).and_then(|a| a.wait_for_first_scrape)
+        == Some(true)
+}
+
+/// The pod template's readiness gates.
+pub fn readiness_gates(isvc: &InferenceService) -> Option<Vec<PodReadinessGate>> {
+    enabled(isvc).then(|| vec![PodReadinessGate { condition_type: SCRAPED.into() }])
+}
+
+/// Gated pods whose gate is not open yet (and that are not going away).
+pub fn closed(pods: &[Pod]) -> Vec<&Pod> {
+    pods.iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            p.spec
+                .as_ref()
+                .and_then(|s| s.readiness_gates.as_ref())
+                .is_some_and(|g| g.iter().any(|g| g.condition_type == SCRAPED))
+        })
+        .filter(|p| {
+            !p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == SCRAPED && c.status == "True"))
+        })
+        .collect()
+}
+
+/// Whether a closed pod's gate needs a look at Prometheus: canary pods that could be
+/// scraped already (they have an address) and are not old enough to be opened anyway.
+pub fn needs_scrape_check(pod: &Pod, stable_version: Option<&str>, now: &Time) -> bool {
+    !is_stable(pod, stable_version)
+        && pod.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some()
+        && age(pod, now) < OPEN_AFTER_SECONDS
+}
+
+/// Why a closed gate opens now; `None` keeps it closed. `scraped`: Prometheus has an
+/// `up == 1` sample of the pod; `prometheus`: one is configured at all.
+pub fn opening(
+    pod: &Pod,
+    stable_version: Option<&str>,
+    scraped: bool,
+    prometheus: bool,
+    now: &Time,
+) -> Option<(&'static str, String)> {
+    if is_stable(pod, stable_version) {
+        return Some(("StableVersion", "the stable version's pods need no first scrape".into()));
+    }
+    if scraped {
+        return Some(("Scraped", "Prometheus has scraped the pod: its traffic is observed".into()));
+    }
+    if !prometheus {
+        return Some(("NoPrometheus", "no --prometheus-url: nothing to wait for".into()));
+    }
+    (age(pod, now) >= OPEN_AFTER_SECONDS).then(|| {
+        ("NotScraped", format!("no scrape within {OPEN_AFTER_SECONDS}s; traffic allowed, onNoData decides"))
+    })
+}
+
+/// The instant query telling whether Prometheus has scraped the pod.
+pub fn up_query(namespace: &str, pod: &str) -> String {
+    format!("max(up{{namespace=\"{namespace}\",pod=\"{pod}\"}})")
+}
+
+/// The strategic-merge patch of pods/status that opens the gate.
+pub fn open_patch(reason: &str, message: &str, now: &Time) -> Value {
+    json!({"status": {"conditions": [{
+        "type": SCRAPED, "status": "True", "reason": reason, "message": message,
+        "lastTransitionTime": now, "lastProbeTime": null,
+    }]}})
+}
+
+fn is_stable(pod: &Pod, stable_version: Option<&str>) -> bool {
+    stable_version.is_some()
+        && pod.labels().get(api::LABEL_MODEL_VERSION).map(String::as_str) == stable_version
+}
+
+fn age(pod: &Pod, now: &Time) -> i64 {
+    pod.metadata.creation_timestamp.as_ref().map_or(0, |t| now.0.duration_since(t.0).as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(version: &str, created: &str, gated: bool, open: bool) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("web-{version}-x"), "creationTimestamp": created,
+                         "labels": {api::LABEL_MODEL_VERSION: version}},
+            "spec": {"containers": [], "readinessGates": if gated { json!([{"conditionType": SCRAPED}]) } else { json!([]) }},
+            "status": {"podIP": "127.0.0.9",
+                       "conditions": if open { json!([{"type": SCRAPED, "status": "True"}]) } else { json!([]) }}
+        }))
+        .unwrap()
+    }
+
+    fn t(s: &str) -> Time {
+        Time(s.parse().unwrap())
+    }
+
+    #[test]
+    fn only_gated_pods_with_a_closed_gate_are_closed() {
+        let pods = [
+            pod("v2", "2025-01-01T00:00:00Z", true, false),
+            pod("v2", "2025-01-01T00:00:00Z", true, true),
+            pod("v2", "2025-01-01T00:00:00Z", false, false),
+        ];
+        assert_eq!(closed(&pods).len(), 1);
+    }
+
+    #[test]
+    fn stable_pods_open_at_once_canaries_on_their_first_scrape_or_after_a_minute() {
+        let now = t("2025-01-01T00:00:10Z");
+        let stable = pod("v1", "2025-01-01T00:00:09Z", true, false);
+        assert_eq!(opening(&stable, Some("v1"), false, true, &now).unwrap().0, "StableVersion");
+        assert!(!needs_scrape_check(&stable, Some("v1"), &now));
+
+        let canary = pod("v2", "2025-01-01T00:00:05Z", true, false);
+        assert!(needs_scrape_check(&canary, Some("v1"), &now));
+        assert_eq!(opening(&canary, Some("v1"), false, true, &now), None, "not scraped yet: held");
+        assert_eq!(opening(&canary, Some("v1"), true, true, &now).unwrap().0, "Scraped");
+        assert_eq!(opening(&canary, Some("v1"), false, false, &now).unwrap().0, "NoPrometheus");
+        let later = t("2025-01-01T00:01:05Z");
+        assert!(!needs_scrape_check(&canary, Some("v1"), &later));
+        assert_eq!(opening(&canary, Some("v1"), false, true, &later).unwrap().0, "NotScraped");
+        // The first version of a service has no stable yet: it waits for its scrape too.
+        assert_eq!(opening(&canary, None, false, true, &now), None);
+    }
+
+    #[test]
+    fn the_query_and_the_patch() {
+        assert_eq!(up_query("ml", "web-v2-x"), r#"max(up{namespace="ml",pod="web-v2-x"})"#);
+        let p = open_patch("Scraped", "m", &t("2025-01-01T00:00:10Z"));
+        assert_eq!(p["status"]["conditions"][0]["type"], SCRAPED);
+        assert_eq!(p["status"]["conditions"][0]["status"], "True");
+    }
+}
