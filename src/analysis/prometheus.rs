@@ -36,6 +36,16 @@ impl Prometheus {
         }
     }
 
+    /// The timestamps (seconds, ascending) of the samples equal to 1 of a range-vector
+    /// query with one series, e.g. `up{pod="x"}[1m]`: when a target was scraped.
+    pub async fn sample_times(&self, promql: &str) -> Result<Vec<f64>, String> {
+        match tokio::time::timeout(Duration::from_secs(10), self.fetch(promql)).await {
+            Ok(Ok(body)) => parse_times(&body),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err("Prometheus did not answer within 10 s".into()),
+        }
+    }
+
     async fn fetch(&self, promql: &str) -> Result<Vec<u8>, String> {
         let query: String =
             form_urlencoded::Serializer::new(String::new()).append_pair("query", promql).finish();
@@ -105,9 +115,43 @@ pub fn parse(body: &[u8]) -> Sample {
     }
 }
 
+/// Timestamps of the samples equal to 1 in a matrix answer (all series together).
+pub fn parse_times(body: &[u8]) -> Result<Vec<f64>, String> {
+    let answer: Answer = serde_json::from_slice(body).map_err(|e| format!("not a Prometheus answer: {e}"))?;
+    if answer.status != "success" {
+        return Err(answer.error.unwrap_or_else(|| "query failed".into()));
+    }
+    let data = answer.data.ok_or("answer without data")?;
+    if data.result_type != "matrix" {
+        return Err(format!("expected a range vector, got a {}", data.result_type));
+    }
+    let mut times: Vec<f64> = data
+        .result
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|series| series.get("values")?.as_array())
+        .flatten()
+        .filter(|pair| pair.get(1).and_then(|v| v.as_str()) == Some("1"))
+        .filter_map(|pair| pair.get(0)?.as_f64())
+        .collect();
+    times.sort_by(f64::total_cmp);
+    Ok(times)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scrape_times_from_a_range_vector() {
+        let body = br#"{"status":"success","data":{"resultType":"matrix","result":[{"metric":{},"values":[[10.5,"1"],[8.5,"1"],[12.5,"0"]]}]}}"#;
+        assert_eq!(parse_times(body), Ok(vec![8.5, 10.5]));
+        let empty = br#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#;
+        assert_eq!(parse_times(empty), Ok(vec![]));
+        let vector = br#"{"status":"success","data":{"resultType":"vector","result":[]}}"#;
+        assert!(parse_times(vector).is_err());
+    }
 
     #[test]
     fn answers_become_samples() {

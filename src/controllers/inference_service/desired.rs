@@ -277,7 +277,15 @@ fn service(isvc: &InferenceService, name: String, selector: BTreeMap<String, Str
 /// The Service over every version (replica-weighted traffic), plus, for Gateway API
 /// routing, one Service per role that the HTTPRoute weights.
 pub fn services(isvc: &InferenceService, traffic: &Traffic) -> Vec<Service> {
-    let mut out = vec![service(isvc, isvc.name_any(), selector_labels(isvc))];
+    let mut main = selector_labels(isvc);
+    // With no canary taking traffic, the Service selects the stable version alone: a
+    // rollback cuts the canary off in this one write, before its pods even begin to stop.
+    if let Some(stable) = &traffic.stable
+        && traffic.canary.as_ref().is_none_or(|c| c.weight == 0)
+    {
+        main.insert(api::LABEL_MODEL_VERSION.into(), stable.version.clone());
+    }
+    let mut out = vec![service(isvc, isvc.name_any(), main)];
     if traffic.gateway {
         for (role, placement) in [(api::ROLE_STABLE, &traffic.stable), (api::ROLE_CANARY, &traffic.canary)] {
             if let Some(p) = placement {
@@ -361,4 +369,28 @@ pub fn autoscaler(isvc: &InferenceService) -> Option<HorizontalPodAutoscaler> {
         }),
         status: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rollout::traffic::Placement;
+
+    #[test]
+    fn the_service_selects_the_stable_version_alone_unless_a_canary_takes_traffic() {
+        let isvc: InferenceService = serde_json::from_value(serde_json::json!({
+            "apiVersion": "mlops.dev/v1alpha1", "kind": "InferenceService",
+            "metadata": {"name": "web", "namespace": "ml", "uid": "u"},
+            "spec": {"model": "iris", "track": "LatestValidated"}
+        }))
+        .unwrap();
+        let place = |v: &str, weight| Some(Placement { version: v.into(), replicas: 1, weight });
+        let selector = |t: Traffic| services(&isvc, &t)[0].spec.clone().unwrap().selector.unwrap();
+        let stable_only = Traffic { stable: place("v1", 100), ..Traffic::default() };
+        assert_eq!(selector(stable_only)[api::LABEL_MODEL_VERSION], "v1");
+        let canary = Traffic { stable: place("v1", 75), canary: place("v2", 25), ..Traffic::default() };
+        assert!(!selector(canary).contains_key(api::LABEL_MODEL_VERSION), "both versions serve");
+        let rolling_back = Traffic { stable: place("v1", 100), canary: place("v2", 0), ..Traffic::default() };
+        assert_eq!(selector(rolling_back)[api::LABEL_MODEL_VERSION], "v1", "the canary is cut off at once");
+    }
 }

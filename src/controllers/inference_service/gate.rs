@@ -1,7 +1,9 @@
 //! The `mlops.dev/scraped` readiness gate (`analysis.waitForFirstScrape`), as pure
 //! functions: a gated pod is Ready, and so gets traffic, only once the operator sets this
-//! condition. The stable version's pods are opened at once; the canary's once Prometheus
-//! has scraped them, so its first requests are already under observation; any pod after
+//! condition. The stable version's pods are opened at once. A canary's pod is opened once
+//! Prometheus scrapes it, just before its next scrape (predicted from the last two: targets
+//! are scraped at a fixed phase), so its first requests are in the very next sample and a
+//! bad canary is judged within about a second of its first answer. Any pod is opened after
 //! [`OPEN_AFTER_SECONDS`] regardless, so a Prometheus that never sees it cannot hold a
 //! version back forever (the `onNoData` policy then decides).
 
@@ -18,6 +20,9 @@ use crate::api::{self, InferenceService};
 pub const SCRAPED: &str = "mlops.dev/scraped";
 /// A gated pod older than this is opened even if no scrape was seen.
 pub const OPEN_AFTER_SECONDS: i64 = 60;
+/// How long before a canary pod's predicted next scrape its gate opens (at most half the
+/// scrape interval): the time for Ready to reach the Service's endpoints.
+pub const OPEN_LEAD_SECONDS: f64 = 1.0;
 
 pub fn enabled(isvc: &InferenceService) -> bool {
     isvc.spec.rollout.as_ref().and_then(|r| r.analysis.as_ref()).and_then(|a| a.wait_for_first_scrape)
@@ -56,20 +61,31 @@ pub fn needs_scrape_check(pod: &Pod, stable_version: Option<&str>, now: &Time) -
         && age(pod, now) < OPEN_AFTER_SECONDS
 }
 
-/// Why a closed gate opens now; `None` keeps it closed. `scraped`: Prometheus has an
-/// `up == 1` sample of the pod; `prometheus`: one is configured at all.
+/// Why a closed gate opens now; `None` keeps it closed. `scrapes`: when Prometheus
+/// scraped the pod (`up == 1` sample times, ascending, in seconds); `prometheus`: one is
+/// configured at all.
 pub fn opening(
     pod: &Pod,
     stable_version: Option<&str>,
-    scraped: bool,
+    scrapes: &[f64],
     prometheus: bool,
     now: &Time,
 ) -> Option<(&'static str, String)> {
     if is_stable(pod, stable_version) {
         return Some(("StableVersion", "the stable version's pods need no first scrape".into()));
     }
-    if scraped {
-        return Some(("Scraped", "Prometheus has scraped the pod: its traffic is observed".into()));
+    if let [.., previous, last] = scrapes {
+        let interval = (last - previous).max(0.1);
+        let next = last + interval;
+        let now_s = now.0.as_millisecond() as f64 / 1000.0;
+        if now_s >= next - OPEN_LEAD_SECONDS.min(interval / 2.0) {
+            return Some((
+                "Scraped",
+                format!(
+                    "Prometheus scrapes the pod every {interval:.1}s; opened just before its next scrape"
+                ),
+            ));
+        }
     }
     if !prometheus {
         return Some(("NoPrometheus", "no --prometheus-url: nothing to wait for".into()));
@@ -79,9 +95,9 @@ pub fn opening(
     })
 }
 
-/// The instant query telling whether Prometheus has scraped the pod.
+/// The range query giving when Prometheus scraped the pod (its `up` samples).
 pub fn up_query(namespace: &str, pod: &str) -> String {
-    format!("max(up{{namespace=\"{namespace}\",pod=\"{pod}\"}})")
+    format!("up{{namespace=\"{namespace}\",pod=\"{pod}\"}}[1m]")
 }
 
 /// The strategic-merge patch of pods/status that opens the gate.
@@ -131,27 +147,35 @@ mod tests {
     }
 
     #[test]
-    fn stable_pods_open_at_once_canaries_on_their_first_scrape_or_after_a_minute() {
+    fn stable_pods_open_at_once_canaries_just_before_a_scrape_or_after_a_minute() {
+        let epoch = 1735689600.0; // 2025-01-01T00:00:00Z
         let now = t("2025-01-01T00:00:10Z");
         let stable = pod("v1", "2025-01-01T00:00:09Z", true, false);
-        assert_eq!(opening(&stable, Some("v1"), false, true, &now).unwrap().0, "StableVersion");
+        assert_eq!(opening(&stable, Some("v1"), &[], true, &now).unwrap().0, "StableVersion");
         assert!(!needs_scrape_check(&stable, Some("v1"), &now));
 
         let canary = pod("v2", "2025-01-01T00:00:05Z", true, false);
         assert!(needs_scrape_check(&canary, Some("v1"), &now));
-        assert_eq!(opening(&canary, Some("v1"), false, true, &now), None, "not scraped yet: held");
-        assert_eq!(opening(&canary, Some("v1"), true, true, &now).unwrap().0, "Scraped");
-        assert_eq!(opening(&canary, Some("v1"), false, false, &now).unwrap().0, "NoPrometheus");
+        assert_eq!(opening(&canary, Some("v1"), &[], true, &now), None, "not scraped yet: held");
+        let at =
+            |s: &str| opening(&canary, Some("v1"), &[epoch + 6.0, epoch + 8.0], true, &t(s)).map(|o| o.0);
+        // Scraped at :06 and :08, so next at :10: opened from :09 (the lead), not before.
+        assert_eq!(at("2025-01-01T00:00:08.500Z"), None);
+        assert_eq!(at("2025-01-01T00:00:09.100Z"), Some("Scraped"));
+        assert_eq!(at("2025-01-01T00:00:12Z"), Some("Scraped"), "a missed window opens late, not never");
+        // One scrape says nothing about the phase yet.
+        assert_eq!(opening(&canary, Some("v1"), &[epoch + 8.0], true, &now), None);
+        assert_eq!(opening(&canary, Some("v1"), &[], false, &now).unwrap().0, "NoPrometheus");
         let later = t("2025-01-01T00:01:05Z");
         assert!(!needs_scrape_check(&canary, Some("v1"), &later));
-        assert_eq!(opening(&canary, Some("v1"), false, true, &later).unwrap().0, "NotScraped");
-        // The first version of a service has no stable yet: it waits for its scrape too.
-        assert_eq!(opening(&canary, None, false, true, &now), None);
+        assert_eq!(opening(&canary, Some("v1"), &[], true, &later).unwrap().0, "NotScraped");
+        // The first version of a service has no stable yet: it waits for its scrapes too.
+        assert_eq!(opening(&canary, None, &[], true, &now), None);
     }
 
     #[test]
     fn the_query_and_the_patch() {
-        assert_eq!(up_query("ml", "web-v2-x"), r#"max(up{namespace="ml",pod="web-v2-x"})"#);
+        assert_eq!(up_query("ml", "web-v2-x"), r#"up{namespace="ml",pod="web-v2-x"}[1m]"#);
         let p = open_patch("Scraped", "m", &t("2025-01-01T00:00:10Z"));
         assert_eq!(p["status"]["conditions"][0]["type"], SCRAPED);
         assert_eq!(p["status"]["conditions"][0]["status"], "True");

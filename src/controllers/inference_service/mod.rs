@@ -327,14 +327,15 @@ async fn open_gates(
     let mut still_closed = false;
     for pod in gate::closed(&list) {
         let name = pod.name_any();
-        let scraped = match &ctx.prometheus {
+        let scrapes = match &ctx.prometheus {
             Some(p) if gate::needs_scrape_check(pod, stable, now) => {
                 let ns = isvc.namespace().unwrap_or_default();
-                matches!(p.query(&gate::up_query(&ns, &name)).await, Sample::Value(v) if v >= 1.0)
+                // A failed query keeps the gate closed; the 60 s bound still opens it.
+                p.sample_times(&gate::up_query(&ns, &name)).await.unwrap_or_default()
             }
-            _ => false,
+            _ => Vec::new(),
         };
-        match gate::opening(pod, stable, scraped, ctx.prometheus.is_some(), now) {
+        match gate::opening(pod, stable, &scrapes, ctx.prometheus.is_some(), now) {
             Some((reason, message)) => {
                 let patch = gate::open_patch(reason, &message, now);
                 match pods.patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch)).await {
