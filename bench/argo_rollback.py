@@ -149,18 +149,26 @@ def main():
         time.sleep(3)
         floor = 2 + interval
         results = []
+        early = 0
         for run in range(1, runs + 1):
             version = f"bad-{run}"
             t0 = time.monotonic()
             kubectl("apply", "-f", "-", stdin=json.dumps(rollout(ns, "web", version, True, interval, model_uri, prom)))
             onset = None
             complete = None
+            aborted_at = None
             deadline = time.monotonic() + 300
             while complete is None:
                 if onset is None:
                     bad = [h for h in load.since(t0) if h[1] >= 500]
                     onset = bad[0][0] if bad else None
                 st = json.loads(kubectl("-n", ns, "get", "rollout", "web", "-o", "json")).get("status", {})
+                if st.get("abort") and aborted_at is None:
+                    aborted_at = time.monotonic()
+                # Argo can judge the canary's still-empty result as failed and abort before any
+                # request reached it: no onset to time from. Counted apart, not as a result.
+                if onset is None and aborted_at is not None and time.monotonic() - aborted_at > 5:
+                    break
                 canary_rs = st.get("currentPodHash") != st.get("stableRS")
                 if st.get("abort") and onset is not None and st.get("availableReplicas", 0) >= 4 \
                         and not [p for p in json.loads(kubectl("-n", ns, "get", "pods", "-l",
@@ -170,13 +178,18 @@ def main():
                 if time.monotonic() > deadline:
                     sys.exit(f"run {run}: no abort; status {json.dumps(st)[:800]}")
                 time.sleep(0.1)
-            time.sleep(3)
-            hits = load.since(onset)
-            last = max(h[0] for h in hits if h[1] >= 500)
-            total = max(complete, last) - onset
-            print(f"run {run:2}: last 5xx {last - onset:5.2f} s, abort complete {total:5.2f} s after onset "
-                  f"({total / floor:.2f}x floor); {sum(1 for h in hits if h[1] >= 500)} errors", flush=True)
-            results.append((last - onset, total))
+            if complete is None:
+                early += 1
+                print(f"run {run:2}: aborted before any request reached the canary "
+                      "(an empty result judged as a failure); not timed", flush=True)
+            else:
+                time.sleep(3)
+                hits = load.since(onset)
+                last = max(h[0] for h in hits if h[1] >= 500)
+                total = max(complete, last) - onset
+                print(f"run {run:2}: last 5xx {last - onset:5.2f} s, abort complete {total:5.2f} s after onset "
+                      f"({total / floor:.2f}x floor); {sum(1 for h in hits if h[1] >= 500)} errors", flush=True)
+                results.append((last - onset, total))
             # Back to the stable template (Argo's fast rollback to the stable ReplicaSet), and
             # clear the abort as `kubectl argo rollouts retry` does.
             kubectl("apply", "-f", "-", stdin=json.dumps(rollout(ns, "web", "v1", False, interval, model_uri, prom)))
@@ -198,6 +211,7 @@ def main():
         a = [r[0] for r in results]
         b = [r[1] for r in results]
         print(f"floor = scrape interval 2 s + analysis interval {interval} s = {floor} s")
+        print(f"Argo Rollouts: {len(results)} timed runs, {early} aborted before the canary served")
         print(f"Argo Rollouts: fault onset -> last 5xx:       median {statistics.median(a):.2f} s "
               f"({statistics.median(a) / floor:.2f}x floor), p90 {pick(a, 0.9):.2f} s ({pick(a, 0.9) / floor:.2f}x)")
         print(f"Argo Rollouts: fault onset -> abort complete: median {statistics.median(b):.2f} s "

@@ -1032,6 +1032,9 @@ async fn bench_runs(env: &TestEnv, uri: &str, runs: usize, gate: bool, floor: f6
     wait_serving(env, "web", "iris-v1").await;
     let addr = service_address(env, "web").await;
     let load = Load::start(addr, 100);
+    // `LatestValidated` orders versions by creation time (whole seconds), then name: a bad
+    // version created in iris-v1's second could sort before it and never be rolled out.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut results: Vec<(f64, f64, f64)> = Vec::new();
     for run in 1..=runs {
         let version = format!("iris-bad-{}-{run}", if gate { "g" } else { "p" });

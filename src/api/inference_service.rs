@@ -134,7 +134,8 @@ impl InferenceServiceSpec {
 /// Version follow policy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum TrackPolicy {
-    /// The newest (by creation time) ModelVersion of the model with `Validated=True`.
+    /// The newest ModelVersion of the model with `Validated=True`: latest creation time
+    /// (whole seconds), then the greatest name among those created in the same second.
     #[default]
     LatestValidated,
 }

@@ -12,9 +12,9 @@ use k8s_openapi::{
             MetricTarget, ResourceMetricSource,
         },
         core::v1::{
-            Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
-            PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-            SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+            Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
+            PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe, SecurityContext, Service,
+            ServicePort, ServiceSpec, Volume, VolumeMount,
         },
     },
     apimachinery::pkg::{
@@ -187,16 +187,10 @@ pub fn deployment(isvc: &InferenceService, mv: &ModelVersion, replicas: i32) -> 
                 ..VolumeMount::default()
             }]
         }),
+        // A model server writes nothing to its image's filesystem.
         security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Capabilities::default() }),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                ..SeccompProfile::default()
-            }),
-            ..SecurityContext::default()
+            ..crate::controllers::restricted_container()
         }),
         ..Container::default()
     };
@@ -225,14 +219,7 @@ pub fn deployment(isvc: &InferenceService, mv: &ModelVersion, replicas: i32) -> 
                     containers: vec![container],
                     volumes: volume.map(|v| vec![v]),
                     readiness_gates: super::gate::readiness_gates(isvc),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            ..SeccompProfile::default()
-                        }),
-                        ..PodSecurityContext::default()
-                    }),
+                    security_context: Some(crate::controllers::restricted_pod()),
                     ..PodSpec::default()
                 }),
             },

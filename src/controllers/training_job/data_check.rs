@@ -12,10 +12,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::{
     api::{
         batch::v1::{Job, JobSpec},
-        core::v1::{
-            Container, EnvVar, PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements,
-            SeccompProfile,
-        },
+        core::v1::{Container, EnvVar, PodSpec, PodTemplateSpec, ResourceRequirements},
     },
     apimachinery::pkg::api::resource::Quantity,
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
@@ -75,7 +72,7 @@ pub fn desired_job(tj: &TrainingJob, image: &str, name: &str) -> Job {
         args: Some(vec!["digest".into()]),
         env: Some(env),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
-        security_context: Some(desired::restricted_container()),
+        security_context: Some(crate::controllers::restricted_container()),
         resources: Some(ResourceRequirements {
             requests: Some(BTreeMap::from([
                 ("cpu".into(), Quantity("50m".into())),
@@ -94,14 +91,7 @@ pub fn desired_job(tj: &TrainingJob, image: &str, name: &str) -> Job {
         image_pull_secrets: template.and_then(|t| t.image_pull_secrets.clone()),
         node_selector: template.and_then(|t| t.node_selector.clone()),
         tolerations: template.and_then(|t| t.tolerations.clone()),
-        security_context: Some(PodSecurityContext {
-            run_as_non_root: Some(true),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                ..SeccompProfile::default()
-            }),
-            ..PodSecurityContext::default()
-        }),
+        security_context: Some(crate::controllers::restricted_pod()),
         ..PodSpec::default()
     };
     Job {

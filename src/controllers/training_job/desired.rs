@@ -9,9 +9,9 @@ use k8s_openapi::{
     api::{
         batch::v1::{Job, JobSpec},
         core::v1::{
-            Capabilities, Container, EnvVar, EnvVarSource, ObjectFieldSelector,
-            PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, SeccompProfile,
-            SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+            Container, EnvVar, EnvVarSource, ObjectFieldSelector, PersistentVolumeClaimVolumeSource,
+            PodSecurityContext, PodSpec, PodTemplateSpec, SecretKeySelector, Service, ServicePort,
+            ServiceSpec, Volume, VolumeMount,
         },
     },
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
@@ -210,7 +210,7 @@ fn pod_template(
     spec.restart_policy = Some("Never".into());
     let sc = spec.security_context.get_or_insert_with(PodSecurityContext::default);
     sc.run_as_non_root = Some(true);
-    sc.seccomp_profile = Some(SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() });
+    sc.seccomp_profile = Some(crate::controllers::runtime_default_seccomp());
 
     let index = match spec.containers.iter().position(|c| c.name == TRAINER_CONTAINER) {
         Some(i) => i,
@@ -250,7 +250,7 @@ fn pod_template(
         c.resources = Some(r.clone());
     }
     c.termination_message_policy = Some("FallbackToLogsOnError".into());
-    c.security_context = Some(restricted_container());
+    c.security_context = Some(crate::controllers::restricted_container());
     c.volume_mounts.get_or_insert_with(Vec::new).extend(mounts);
 
     let ours = contract_env(tj, run, &dataset_uri, &output_uri);
@@ -261,16 +261,6 @@ fn pod_template(
     env.extend(ours);
     c.env = Some(env);
     Ok(template)
-}
-
-pub(super) fn restricted_container() -> SecurityContext {
-    SecurityContext {
-        allow_privilege_escalation: Some(false),
-        run_as_non_root: Some(true),
-        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Capabilities::default() }),
-        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() }),
-        ..SecurityContext::default()
-    }
 }
 
 /// A `pvc://claim/path` URI becomes a mounted claim and a `file://` path inside the pod;
