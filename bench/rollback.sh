@@ -9,7 +9,8 @@
 #   - rollback complete: the InferenceService status shows the rollback done (no canary,
 #     stable iris-v1 Ready), polled every 100 ms;
 # and prints each run, the median and the p90 beside the floor
-# (Prometheus scrape interval 2 s + analysis interval).
+# (Prometheus scrape interval 2 s + analysis interval), first with the default analysis,
+# then with analysis.waitForFirstScrape (BENCH_GATE=off|on runs one of them).
 #
 #   bench/rollback.sh                 # 10 runs, intervalSeconds 2
 #   BENCH_RUNS=20 BENCH_INTERVAL_SECONDS=1 bench/rollback.sh
