@@ -211,6 +211,13 @@ impl Metrics {
         }
     }
 
+    /// Drops a deleted TrainingJob's gauges, so dashboards and alerts (e.g. "no successful
+    /// training in N days") stop seeing it. Its counters stay, as counters do.
+    pub fn forget_training_job(&self, namespace: &str, training_job: &str) {
+        self.training_last_success(namespace, training_job, None);
+        self.retrain_drift(namespace, training_job, None);
+    }
+
     /// Counts a reconciliation and times it until the returned guard is dropped.
     pub fn reconcile_started(&self, controller: &'static str) -> ReconcileTimer {
         self.reconciliations.with_label_values(&[controller]).inc();

@@ -17,6 +17,7 @@ use mlops_operator::api::{
 use serde_json::json;
 use testkit::{
     Operator, TestEnv, condition_status, install_crds, output_text, repo_root, wait_condition, wait_for,
+    wait_until,
 };
 
 const OPERATOR: &str = env!("CARGO_BIN_EXE_mlops-operator");
@@ -130,6 +131,18 @@ async fn a_training_run_produces_one_validated_model_version_with_lineage() {
     let tj = tjs.get("iris").await.unwrap();
     assert_eq!(tj.status.unwrap().runs.len(), 1, "a deleted Job must not start a new run");
     assert!(env.api::<Job>().get_opt("iris-r2").await.unwrap().is_none());
+
+    // Its gauges leave with the TrainingJob (dashboards and staleness alerts stop seeing it).
+    let series = format!(
+        "mlops_training_last_success_timestamp_seconds{{namespace=\"{}\",training_job=\"iris\"}}",
+        env.namespace
+    );
+    assert!(op.metric(&series).is_some(), "{}", op.metrics().unwrap_or_default());
+    tjs.delete("iris", &DeleteParams::default()).await.unwrap();
+    wait_until(Duration::from_secs(30), "the deleted TrainingJob's gauges to go", || async {
+        op.metric(&series).is_none().then_some(())
+    })
+    .await;
     drop(op);
 }
 
@@ -203,7 +216,7 @@ async fn deleting_a_served_model_version_is_refused_until_nothing_serves_it() {
 
     // Once nothing serves it, the deletion completes.
     isvcs.delete("web", &DeleteParams::default()).await.unwrap();
-    testkit::wait_until(Duration::from_secs(30), "the ModelVersion to be deleted", || async {
+    wait_until(Duration::from_secs(30), "the ModelVersion to be deleted", || async {
         matches!(mvs.get_opt("imported-v1").await, Ok(None)).then_some(())
     })
     .await;

@@ -22,7 +22,9 @@ use k8s_openapi::{
 use kube::{
     Api, ResourceExt,
     api::{ListParams, Patch, PatchParams, PostParams},
-    runtime::{Controller, controller::Action, events::EventType, reflector::ObjectRef, watcher},
+    runtime::{
+        Controller, WatchStreamExt, controller::Action, events::EventType, reflector::ObjectRef, watcher,
+    },
 };
 use tracing::{info, instrument};
 
@@ -43,7 +45,7 @@ pub const CONTROLLER: &str = "trainingjob";
 
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
-    Controller::new(ctx.watched::<TrainingJob>(), watcher::Config::default().any_semantic())
+    let controller = Controller::new(ctx.watched::<TrainingJob>(), watcher::Config::default().any_semantic())
         .owns(ctx.watched::<Job>(), watcher::Config::default().labels(api::LABEL_TRAINING_JOB))
         // A produced version's validation verdict is reported on its TrainingJob.
         .watches(
@@ -55,9 +57,28 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
             },
         )
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, |tj, err, ctx| ctx.error_action(CONTROLLER, tj.as_ref(), err), ctx)
-        .for_each(|_| futures::future::ready(()))
-        .await;
+        .run(reconcile, |tj, err, ctx| ctx.error_action(CONTROLLER, tj.as_ref(), err), ctx.clone())
+        .for_each(|_| futures::future::ready(()));
+    // Ends with the controller (at shutdown); the deletion watch never ends by itself.
+    tokio::select! {
+        _ = controller => {}
+        _ = forget_deleted(&ctx) => {}
+    }
+}
+
+/// A deleted TrainingJob's gauges go with it (the controller is not called for objects
+/// that are gone, and TrainingJobs have no finalizer to hold them back).
+async fn forget_deleted(ctx: &Context) {
+    // Metadata only: nothing else of the object is needed.
+    let api = ctx.watched::<kube::core::PartialObjectMeta<TrainingJob>>();
+    let deletions = watcher(api, watcher::Config::default()).default_backoff();
+    futures::pin_mut!(deletions);
+    while let Some(event) = deletions.next().await {
+        if let Ok(watcher::Event::Delete(gone)) = event {
+            ctx.metrics
+                .forget_training_job(gone.namespace().as_deref().unwrap_or_default(), &gone.name_any());
+        }
+    }
 }
 
 #[instrument(skip_all, fields(trainingjob = %tj.name_any(), namespace = tj.namespace().unwrap_or_default()))]
