@@ -454,3 +454,77 @@ async fn a_schedule_fires_on_time_and_once_for_a_time_missed_while_down() {
         wait_for(&mvs, "iris-r3", Duration::from_secs(60), "the scheduled run's version", |_| true).await;
     assert_eq!(mv.spec.lineage.unwrap().trigger.unwrap().schedule_time.map(|t| t.0), Some(next));
 }
+
+/// The data trigger on a `pvc://` dataset: the check Job mounts the claim read-only (on
+/// the local node a claim bound to a hostPath PersistentVolume is that folder) and a new
+/// snapshot written into the volume starts one run that trains on it.
+#[tokio::test]
+async fn a_pvc_dataset_change_retrains_through_a_check_job() {
+    let Some(env) = TestEnv::start("ct-pvc").await else { return };
+    install_crds();
+    let _op = Operator::start(OPERATOR, &env.namespace, &[]);
+    let folder = data_dir(&env.namespace).join("volume");
+    std::fs::create_dir_all(folder.join("iris")).unwrap();
+    std::fs::write(folder.join("iris/latest.csv"), scaled_iris(1.0)).unwrap();
+    // A PersistentVolume (cluster-wide, named after the namespace) pre-bound to the claim.
+    let pv = format!("{}-data", env.namespace);
+    let out = env.kubectl(
+        &["apply", "-f", "-"],
+        Some(
+            &json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
+                "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce", "ReadOnlyMany"],
+                         "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
+                         "hostPath": {"path": folder.display().to_string()},
+                         "claimRef": {"namespace": env.namespace, "name": "datasets"}}})
+            .to_string(),
+        ),
+    );
+    assert!(out.status.success(), "{}", output_text(&out));
+    let _pv_cleanup = PvCleanup(pv.clone());
+    apply(
+        &env,
+        &json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "datasets"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "", "volumeName": pv,
+                 "resources": {"requests": {"storage": "1Gi"}}}}),
+    );
+    apply(
+        &env,
+        &json!({"apiVersion": "mlops.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "iris"},
+        "spec": {"model": "iris",
+                 "dataset": {"uri": "pvc://datasets/iris/latest.csv", "labelColumn": "species"},
+                 "hyperparameters": {"algorithm": "logistic_regression"},
+                 "trainer": {"image": "ghcr.io/mlops-dev/mlops-runtime:0.1.0", "args": ["train"]},
+                 "output": {"uri": format!("file:///tmp/mlops-e2e/{}/models", env.namespace)},
+                 "retrain": {"data": {"checkIntervalSeconds": 10}, "cooldownSeconds": 0}}}),
+    );
+    let mvs: Api<ModelVersion> = env.api();
+    wait_condition(&mvs, "iris-r1", cond::VALIDATED, "True", Duration::from_secs(120)).await;
+    let first = format!("sha256:{}", sha256_hex(scaled_iris(1.0).as_bytes()));
+    let tjs: Api<TrainingJob> = env.api();
+    wait_for(&tjs, "iris", Duration::from_secs(60), "the baseline digest from a check Job", |tj| {
+        tj.status.as_ref().and_then(|s| s.triggers.as_ref()).and_then(|t| t.dataset_digest.as_deref())
+            == Some(first.as_str())
+    })
+    .await;
+
+    let snapshot = scaled_iris(0.9);
+    std::fs::write(folder.join("iris/latest.csv"), &snapshot).unwrap();
+    let second = format!("sha256:{}", sha256_hex(snapshot.as_bytes()));
+    let mv2 = wait_condition(&mvs, "iris-r2", cond::VALIDATED, "True", Duration::from_secs(120)).await;
+    let lineage = mv2.spec.lineage.unwrap();
+    let trigger = lineage.trigger.unwrap();
+    assert_eq!(
+        (trigger.type_, trigger.dataset_digest.as_deref()),
+        (TriggerType::Data, Some(second.as_str()))
+    );
+    assert_eq!(lineage.dataset.unwrap().digest.as_deref(), Some(second.as_str()), "trained on that snapshot");
+}
+
+/// PersistentVolumes are cluster-scoped: the test's namespace going does not remove its.
+struct PvCleanup(String);
+
+impl Drop for PvCleanup {
+    fn drop(&mut self) {
+        testkit::kubectl_in(None, &["delete", "pv", &self.0, "--wait=false"], None);
+    }
+}

@@ -10,7 +10,9 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
+};
 use kube::{Api, api::ListParams};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
@@ -94,6 +96,16 @@ pub(crate) async fn run_container(
             }
             continue;
         };
+        let mounts = match claim_mounts(&ctx, &c).await {
+            Ok(m) => m,
+            Err(Waiting { reason, message }) => {
+                set_waiting(&reason, Some(message));
+                if sleep_or_stop(Duration::from_millis(500), &mut stop_rx).await.is_some() {
+                    return Outcome::Stopped;
+                }
+                continue;
+            }
+        };
         let env = match container_env(&ctx, &c).await {
             Ok(env) => env,
             Err(Waiting { reason, message }) => {
@@ -108,8 +120,13 @@ pub(crate) async fn run_container(
                 continue;
             }
         };
+        // Claims' mount paths in the environment and arguments become their host folders.
+        let env: Vec<(String, String)> =
+            env.into_iter().map(|(k, v)| (k, crate::volumes::rewrite_paths(&v, &mounts))).collect();
         let (program, args) = match entrypoint(&c, &exe, &env, &ctx).await {
-            Ok(v) => v,
+            Ok((program, args)) => {
+                (program, args.iter().map(|a| crate::volumes::rewrite_paths(a, &mounts)).collect::<Vec<_>>())
+            }
             Err(Waiting { reason, message }) => {
                 set_waiting(&reason, Some(message));
                 if sleep_or_stop(Duration::from_millis(500), &mut stop_rx).await.is_some() {
@@ -313,6 +330,31 @@ fn termination_grace(pod: &Pod) -> Duration {
 struct Waiting {
     reason: String,
     message: String,
+}
+
+/// The container's mounts of PersistentVolumeClaims, as (mount path, host folder); the
+/// container waits while a claim is unbound or not backed by a host folder.
+async fn claim_mounts(ctx: &PodCtx, c: &Container) -> Result<Vec<(String, String)>, Waiting> {
+    let names = crate::volumes::claim_names(&ctx.pod);
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.agent.client.clone(), &ctx.ns);
+    let pvs: Api<PersistentVolume> = Api::all(ctx.agent.client.clone());
+    let api_err = |e: kube::Error| Waiting { reason: "ContainerCreating".into(), message: e.to_string() };
+    let mut claims = crate::volumes::Claims::new();
+    for name in names {
+        let pvc = pvcs.get_opt(&name).await.map_err(api_err)?;
+        let volume = pvc.as_ref().and_then(|p| p.spec.as_ref()?.volume_name.clone());
+        let pv = match volume {
+            Some(v) => pvs.get_opt(&v).await.map_err(api_err)?,
+            None => None,
+        };
+        let folder = crate::volumes::host_folder(&name, pvc.as_ref(), pv.as_ref())
+            .map_err(|message| Waiting { reason: "ContainerCreating".into(), message })?;
+        claims.insert(name, folder);
+    }
+    Ok(crate::volumes::host_mounts(&ctx.pod, c, &claims))
 }
 
 /// The container's variables: ConfigMaps and Secrets fetched, then resolved.

@@ -19,6 +19,7 @@ mod process;
 mod scrape;
 mod services;
 mod status;
+mod volumes;
 
 use std::{
     path::PathBuf,
