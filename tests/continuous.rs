@@ -337,37 +337,18 @@ async fn an_s3_dataset_change_retrains_through_a_check_job() {
     let creds = json!({"name": "s3-creds"});
     apply(
         &env,
-        &json!({"apiVersion": "mlops.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "iris"},
-        "spec": {"model": "iris",
-                 "dataset": {"uri": "s3://datasets/iris/latest.csv", "labelColumn": "species", "credentialsSecretRef": creds},
-                 "hyperparameters": {"algorithm": "logistic_regression"},
-                 "trainer": {"image": "ghcr.io/mlops-dev/mlops-runtime:0.1.0", "args": ["train"]},
-                 "output": {"uri": "s3://models/iris", "credentialsSecretRef": creds},
-                 "retrain": {"data": {"checkIntervalSeconds": 10}, "cooldownSeconds": 0}}}),
+        &data_triggered(
+            json!({"uri": "s3://datasets/iris/latest.csv", "labelColumn": "species", "credentialsSecretRef": creds}),
+            json!({"uri": "s3://models/iris", "credentialsSecretRef": creds}),
+        ),
     );
-    let mvs: Api<ModelVersion> = env.api();
-    let mv1 = wait_condition(&mvs, "iris-r1", cond::VALIDATED, "True", Duration::from_secs(120)).await;
+    let mv1 = first_version_and_baseline(&env, &scaled_iris(1.0)).await;
     assert!(mv1.spec.artifact.uri.starts_with("s3://models/iris/iris-r1"), "{}", mv1.spec.artifact.uri);
-    let first = format!("sha256:{}", sha256_hex(scaled_iris(1.0).as_bytes()));
-    let tjs: Api<TrainingJob> = env.api();
-    wait_for(&tjs, "iris", Duration::from_secs(60), "the baseline digest from a check Job", |tj| {
-        tj.status.as_ref().and_then(|s| s.triggers.as_ref()).and_then(|t| t.dataset_digest.as_deref())
-            == Some(first.as_str())
-    })
-    .await;
 
     // A new snapshot lands in the bucket: one run, on exactly that snapshot.
     let snapshot = scaled_iris(1.1);
     s3.put("datasets", "iris/latest.csv", snapshot.as_bytes());
-    let second = format!("sha256:{}", sha256_hex(snapshot.as_bytes()));
-    let mv2 = wait_condition(&mvs, "iris-r2", cond::VALIDATED, "True", Duration::from_secs(120)).await;
-    let lineage = mv2.spec.lineage.unwrap();
-    let trigger = lineage.trigger.unwrap();
-    assert_eq!(
-        (trigger.type_, trigger.dataset_digest.as_deref()),
-        (TriggerType::Data, Some(second.as_str()))
-    );
-    assert_eq!(lineage.dataset.unwrap().digest.as_deref(), Some(second.as_str()), "trained on that snapshot");
+    retrained_on(&env, &snapshot).await;
 
     // Finished checks are read and removed; never more than one at a time.
     let jobs: Api<k8s_openapi::api::batch::v1::Job> = env.api();
@@ -383,6 +364,7 @@ async fn an_s3_dataset_change_retrains_through_a_check_job() {
 
     // Credentials revoked: the next check fails, the status says why, no run starts.
     secret("not-the-secret");
+    let tjs: Api<TrainingJob> = env.api();
     let tj = wait_for(&tjs, "iris", Duration::from_secs(60), "the failed check reported", |tj| {
         tj.status
             .as_ref()
@@ -489,35 +471,53 @@ async fn a_pvc_dataset_change_retrains_through_a_check_job() {
     );
     apply(
         &env,
-        &json!({"apiVersion": "mlops.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "iris"},
-        "spec": {"model": "iris",
-                 "dataset": {"uri": "pvc://datasets/iris/latest.csv", "labelColumn": "species"},
+        &data_triggered(
+            json!({"uri": "pvc://datasets/iris/latest.csv", "labelColumn": "species"}),
+            json!({"uri": format!("file:///tmp/mlops-e2e/{}/models", env.namespace)}),
+        ),
+    );
+    first_version_and_baseline(&env, &scaled_iris(1.0)).await;
+
+    let snapshot = scaled_iris(0.9);
+    std::fs::write(folder.join("iris/latest.csv"), &snapshot).unwrap();
+    retrained_on(&env, &snapshot).await;
+}
+
+/// A TrainingJob `iris` whose data trigger checks every 10 s, without cooldown.
+fn data_triggered(dataset: serde_json::Value, output: serde_json::Value) -> serde_json::Value {
+    json!({"apiVersion": "mlops.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "iris"},
+        "spec": {"model": "iris", "dataset": dataset, "output": output,
                  "hyperparameters": {"algorithm": "logistic_regression"},
                  "trainer": {"image": "ghcr.io/mlops-dev/mlops-runtime:0.1.0", "args": ["train"]},
-                 "output": {"uri": format!("file:///tmp/mlops-e2e/{}/models", env.namespace)},
-                 "retrain": {"data": {"checkIntervalSeconds": 10}, "cooldownSeconds": 0}}}),
-    );
+                 "retrain": {"data": {"checkIntervalSeconds": 10}, "cooldownSeconds": 0}}})
+}
+
+/// Waits for the first version and for a check Job's baseline digest of `content`.
+async fn first_version_and_baseline(env: &TestEnv, content: &str) -> ModelVersion {
     let mvs: Api<ModelVersion> = env.api();
-    wait_condition(&mvs, "iris-r1", cond::VALIDATED, "True", Duration::from_secs(120)).await;
-    let first = format!("sha256:{}", sha256_hex(scaled_iris(1.0).as_bytes()));
+    let mv = wait_condition(&mvs, "iris-r1", cond::VALIDATED, "True", Duration::from_secs(120)).await;
+    let first = format!("sha256:{}", sha256_hex(content.as_bytes()));
     let tjs: Api<TrainingJob> = env.api();
     wait_for(&tjs, "iris", Duration::from_secs(60), "the baseline digest from a check Job", |tj| {
         tj.status.as_ref().and_then(|s| s.triggers.as_ref()).and_then(|t| t.dataset_digest.as_deref())
             == Some(first.as_str())
     })
     .await;
+    mv
+}
 
-    let snapshot = scaled_iris(0.9);
-    std::fs::write(folder.join("iris/latest.csv"), &snapshot).unwrap();
-    let second = format!("sha256:{}", sha256_hex(snapshot.as_bytes()));
+/// The second version: started by the data trigger and trained on exactly `content`.
+async fn retrained_on(env: &TestEnv, content: &str) {
+    let digest = format!("sha256:{}", sha256_hex(content.as_bytes()));
+    let mvs: Api<ModelVersion> = env.api();
     let mv2 = wait_condition(&mvs, "iris-r2", cond::VALIDATED, "True", Duration::from_secs(120)).await;
     let lineage = mv2.spec.lineage.unwrap();
     let trigger = lineage.trigger.unwrap();
     assert_eq!(
         (trigger.type_, trigger.dataset_digest.as_deref()),
-        (TriggerType::Data, Some(second.as_str()))
+        (TriggerType::Data, Some(digest.as_str()))
     );
-    assert_eq!(lineage.dataset.unwrap().digest.as_deref(), Some(second.as_str()), "trained on that snapshot");
+    assert_eq!(lineage.dataset.unwrap().digest.as_deref(), Some(digest.as_str()), "trained on that snapshot");
 }
 
 /// PersistentVolumes are cluster-scoped: the test's namespace going does not remove its.
