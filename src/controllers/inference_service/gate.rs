@@ -7,6 +7,8 @@
 //! [`OPEN_AFTER_SECONDS`] regardless, so a Prometheus that never sees it cannot hold a
 //! version back forever (the `onNoData` policy then decides).
 
+use std::time::Duration;
+
 use k8s_openapi::{
     api::core::v1::{Pod, PodReadinessGate},
     apimachinery::pkg::apis::meta::v1::Time,
@@ -95,6 +97,19 @@ pub fn opening(
     })
 }
 
+/// When to look at a canary pod's closed gate again: at its opening time once the scrape
+/// phase is known, else in a second (scrapes come seconds apart), so a held pod costs at
+/// most a reconcile a second.
+pub fn recheck_in(scrapes: &[f64], now: &Time) -> Duration {
+    if let [.., previous, last] = scrapes {
+        let interval = (last - previous).max(0.1);
+        let open_at = last + interval - OPEN_LEAD_SECONDS.min(interval / 2.0);
+        let now_s = now.0.as_millisecond() as f64 / 1000.0;
+        return Duration::from_millis(((open_at - now_s) * 1000.0).round().clamp(50.0, 1000.0) as u64);
+    }
+    Duration::from_secs(1)
+}
+
 /// The range query giving when Prometheus scraped the pod (its `up` samples).
 pub fn up_query(namespace: &str, pod: &str) -> String {
     format!("up{{namespace=\"{namespace}\",pod=\"{pod}\"}}[1m]")
@@ -171,6 +186,17 @@ mod tests {
         assert_eq!(opening(&canary, Some("v1"), &[], true, &later).unwrap().0, "NotScraped");
         // The first version of a service has no stable yet: it waits for its scrapes too.
         assert_eq!(opening(&canary, None, &[], true, &now), None);
+    }
+
+    #[test]
+    fn a_held_pod_is_looked_at_when_it_may_open_or_each_second() {
+        let epoch = 1735689600.0; // 2025-01-01T00:00:00Z
+        let scrapes = [epoch + 6.0, epoch + 8.0]; // next at :10, opens from :09
+        let wait = |now: &str| recheck_in(&scrapes, &t(now));
+        assert_eq!(wait("2025-01-01T00:00:08.200Z"), Duration::from_millis(800));
+        assert_eq!(wait("2025-01-01T00:00:08.900Z"), Duration::from_millis(100));
+        assert_eq!(wait("2025-01-01T00:00:09.500Z"), Duration::from_millis(50), "due: at once");
+        assert_eq!(recheck_in(&[epoch + 8.0], &t("2025-01-01T00:00:08.200Z")), Duration::from_secs(1));
     }
 
     #[test]

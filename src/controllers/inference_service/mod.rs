@@ -291,7 +291,7 @@ async fn reconcile(isvc: Arc<InferenceService>, ctx: Arc<Context>) -> Result<Act
         None => delete_if_present(&hpas, &name).await?,
     }
 
-    let gates_closed = open_gates(&ctx, &isvc, &pods, &selector, &plan.status, &now).await?;
+    let gate_recheck = open_gates(&ctx, &isvc, &pods, &selector, &plan.status, &now).await?;
 
     if isvc.status.as_ref() != Some(&plan.status) {
         apply_status(&Api::<InferenceService>::namespaced(client, &ns), isvc.as_ref(), &plan.status).await?;
@@ -304,13 +304,13 @@ async fn reconcile(isvc: Arc<InferenceService>, ctx: Arc<Context>) -> Result<Act
         ctx.metrics.delivered(&ns, &name, d);
     }
     ctx.reset_failures(isvc.as_ref());
-    // A canary held at its readiness gate is waiting for its first scrape: look often.
-    let requeue = if gates_closed { plan.requeue.min(rollout::NO_DATA_POLL) } else { plan.requeue };
+    // A canary held at its readiness gate is looked at again when it may open.
+    let requeue = gate_recheck.map_or(plan.requeue, |r| plan.requeue.min(r));
     Ok(Action::requeue(requeue))
 }
 
-/// Opens the `mlops.dev/scraped` readiness gates that may open ([`gate`]); true while a
-/// gate stays closed.
+/// Opens the `mlops.dev/scraped` readiness gates that may open ([`gate`]); while one stays
+/// closed, when to look again.
 async fn open_gates(
     ctx: &Context,
     isvc: &InferenceService,
@@ -318,13 +318,13 @@ async fn open_gates(
     selector: &str,
     status: &InferenceServiceStatus,
     now: &Time,
-) -> Result<bool> {
+) -> Result<Option<std::time::Duration>> {
     if !gate::enabled(isvc) {
-        return Ok(false);
+        return Ok(None);
     }
     let list = pods.list(&ListParams::default().labels(selector)).await?.items;
     let stable = status.stable.as_ref().map(|s| s.version.as_str());
-    let mut still_closed = false;
+    let mut recheck: Option<std::time::Duration> = None;
     for pod in gate::closed(&list) {
         let name = pod.name_any();
         let scrapes = match &ctx.prometheus {
@@ -344,8 +344,11 @@ async fn open_gates(
                     Err(e) => return Err(e.into()),
                 }
             }
-            None => still_closed = true,
+            None => {
+                let again = gate::recheck_in(&scrapes, now);
+                recheck = Some(recheck.map_or(again, |r| r.min(again)));
+            }
         }
     }
-    Ok(still_closed)
+    Ok(recheck)
 }
