@@ -89,6 +89,17 @@ async fn reconcile(tj: Arc<TrainingJob>, ctx: Arc<Context>) -> Result<Action> {
         return Ok(Action::await_change());
     }
     let ns = tj.namespace().unwrap_or_default();
+    // Plan from the status as last written, never from the watch cache: a cache that has
+    // not caught up with our previous write would replay its transition (a triggered run
+    // whose trigger is not yet consumed would start a second time).
+    let Some(tj) = Api::<TrainingJob>::namespaced(ctx.client.clone(), &ns).get_opt(&tj.name_any()).await?
+    else {
+        return Ok(Action::await_change());
+    };
+    if tj.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let tj = Arc::new(tj);
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
 
