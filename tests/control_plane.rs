@@ -16,8 +16,18 @@ use testkit::{TestEnv, kubectl_in, output_text, unique_name, wait_for, wait_unti
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// A cluster-scoped object this test made, deleted when the test ends, failed or not
+/// (the namespace guard cannot reach it).
+struct DeleteOnDrop(&'static str, String);
+
+impl Drop for DeleteOnDrop {
+    fn drop(&mut self) {
+        let _ = kubectl_in(None, &["delete", self.0, &self.1, "--ignore-not-found", "--wait=false"], None);
+    }
+}
+
 /// A KWOK-managed fake node, tainted so that only pods which ask for it land there.
-async fn fake_node(env: &TestEnv) -> String {
+async fn fake_node(env: &TestEnv) -> DeleteOnDrop {
     let name = unique_name("kwok-node");
     let node: Node = serde_json::from_value(json!({
         "metadata": {
@@ -31,13 +41,14 @@ async fn fake_node(env: &TestEnv) -> String {
     }))
     .unwrap();
     Api::<Node>::all(env.client.clone()).create(&PostParams::default(), &node).await.unwrap();
-    name
+    DeleteOnDrop("node", name)
 }
 
 #[tokio::test]
 async fn deployment_is_reconciled_scheduled_and_ready() {
     let Some(env) = TestEnv::start("deployment-ready").await else { return };
-    let node = fake_node(&env).await;
+    let guard = fake_node(&env).await;
+    let node = guard.1.clone();
     let deploy: Deployment = serde_json::from_value(json!({
         "metadata": {"name": "web"},
         "spec": {
@@ -83,7 +94,16 @@ async fn deployment_is_reconciled_scheduled_and_ready() {
     })
     .await;
 
-    Api::<Node>::all(env.client.clone()).delete(&node, &DeleteParams::default()).await.unwrap();
+    // Garbage collection: deleting the Deployment (background propagation, as kubectl
+    // does) leaves its ReplicaSet and pods to the garbage collector, which removes them.
+    deploys.delete("web", &DeleteParams::background()).await.unwrap();
+    wait_until(WAIT, "the garbage collector to remove the ReplicaSet and its pods", || async {
+        let sets = rs.list(&ListParams::default().labels("app=web")).await.ok()?;
+        let left = pods.list(&ListParams::default().labels("app=web")).await.ok()?;
+        (sets.items.is_empty() && left.items.is_empty()).then_some(())
+    })
+    .await;
+    drop(guard);
 }
 
 #[tokio::test]
@@ -138,6 +158,7 @@ spec:
     );
     let out = env.kubectl(&["apply", "-f", "-"], Some(&crd));
     assert!(out.status.success(), "{}", output_text(&out));
+    let _crd = DeleteOnDrop("crd", format!("gadgets.{group}"));
     let out = env.kubectl(
         &["wait", "--for=condition=Established", "--timeout=30s", &format!("crd/gadgets.{group}")],
         None,
@@ -158,9 +179,6 @@ spec:
     );
     let good = env.kubectl(&["apply", "-f", "-"], Some(&object(2)));
     assert!(good.status.success(), "{}", output_text(&good));
-
-    let out = kubectl_in(None, &["delete", "crd", &format!("gadgets.{group}"), "--wait=false"], None);
-    assert!(out.status.success(), "{}", output_text(&out));
 }
 
 #[tokio::test]
