@@ -1,5 +1,5 @@
 //! The operator's HTTP endpoints: `/metrics`, `/healthz` (the process is alive) and
-//! `/readyz` (connected to the API server and, as leader or standby, running).
+//! `/readyz` (the API server has answered; running as leader or standby).
 
 use std::sync::{
     Arc,

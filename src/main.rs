@@ -14,7 +14,7 @@ use std::{
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 #[derive(Parser)]
 #[command(
@@ -115,8 +115,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             retry_period: Duration::from_secs(args.lease_retry_seconds),
         },
     );
-    // A standby is healthy and ready: it is doing its job, which is to wait.
-    ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    // Ready once the API server has answered: from then on a standby is doing its job,
+    // which is to wait. Until then (an unreachable or misconfigured API server) /readyz
+    // says so instead of pretending.
+    tokio::spawn({
+        let (client, ready) = (client.clone(), ready.clone());
+        async move {
+            loop {
+                match client.apiserver_version().await {
+                    Ok(_) => break ready.store(true, std::sync::atomic::Ordering::Relaxed),
+                    Err(e) => warn!(error = %e, "the API server does not answer yet"),
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    });
 
     let mut rx = stop_rx.clone();
     tokio::select! {

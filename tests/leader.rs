@@ -1,5 +1,5 @@
-//! Two operator replicas never reconcile at once: exactly one holds the Lease, and when it
-//! stops the other takes over.
+//! Two operator replicas never reconcile at once: exactly one holds the Lease, the standby
+//! reconciles nothing while it waits, and when the leader stops the other takes over.
 
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,15 @@ async fn one_leader_at_a_time_and_a_standby_takes_over() {
     let mut a = Operator::start(OPERATOR, &env.namespace, &[]);
     let b = Operator::start(OPERATOR, &env.namespace, &[]);
     let leader = |op: &Operator| op.metric("mlops_operator_leader").unwrap_or(0.0) == 1.0;
+    // Reconciliations started by a replica, summed over its controllers.
+    let reconciles = |op: &Operator| -> f64 {
+        op.metrics()
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("mlops_operator_reconciliations_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
 
     // Sample both replicas for a while: one leads, never two.
     let start = Instant::now();
@@ -26,6 +35,24 @@ async fn one_leader_at_a_time_and_a_standby_takes_over() {
     }
     assert!(seen_leader, "no replica became leader\nA:\n{}\nB:\n{}", a.log_tail(20), b.log_tail(20));
     let (mut first, second) = if leader(&a) { (a, b) } else { (b, a) };
+
+    // Work arrives: the leader reconciles it, the standby does not touch it.
+    let out = env.kubectl(
+        &["apply", "-f", concat!(env!("CARGO_MANIFEST_DIR"), "/examples/modelversion-minimal.yaml")],
+        None,
+    );
+    assert!(out.status.success(), "{}", testkit::output_text(&out));
+    let start = Instant::now();
+    while reconciles(&first) == 0.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the leader never reconciled:\n{}",
+            first.log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(reconciles(&second), 0.0, "the standby reconciled:\n{}", second.log_tail(20));
 
     // The leader stops (SIGTERM releases the Lease); the standby takes over quickly.
     let status = first.terminate(Duration::from_secs(10)).expect("the leader exits on SIGTERM");
