@@ -3,7 +3,8 @@
 #   train -> validated ModelVersion -> served and answering -> retrained -> canaried and
 #   promoted -> a faulty version canaried and rolled back by its error-rate check ->
 #   the delivery metrics. Builds and starts whatever is missing; stops what it started
-#   (MLOPS_DEMO_KEEP=1 leaves the cluster and operator running to explore).
+#   (MLOPS_DEMO_KEEP=1 leaves the cluster and the demo's resources to explore; the
+#   operator always stops with the demo, and the end says how to start it again).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -63,7 +64,13 @@ fill() {
 }
 wait_cond() { k wait --for=condition="$2" --timeout="${3:-180s}" "$1" >/dev/null; }
 gate_table() {
-  k get mv "$1" -o go-template='{{range .status.gateResults}}    {{printf "%-38s" .gate}} value {{if .value}}{{.value}}{{else}}-{{end}}  bound {{if .bound}}{{.bound}}{{else}}-{{end}}  {{.verdict}}{{"\n"}}{{end}}'
+  MV=$(k get mv "$1" -o json) python3 - <<'PY'
+import json, os
+for g in json.loads(os.environ["MV"]).get("status", {}).get("gateResults", []):
+    show = lambda v: "-" if v is None else f"{v:g}"
+    note = f"  ({g['message']})" if g.get("bound") is None and g.get("message") else ""
+    print(f"    {g['gate']:<26} value {show(g.get('value')):<9} bound {show(g.get('bound')):<8} {g['verdict']}{note}")
+PY
 }
 service_address() { k get svc iris -o jsonpath='{.metadata.annotations.mlops\.dev/local-address}'; }
 infer() {
@@ -139,8 +146,23 @@ k get events --field-selector involvedObject.kind=InferenceService --sort-by=.me
 bold "   History"
 k get isvc iris -o go-template='{{range .status.history}}    {{printf "%-12s" .version}} {{printf "%-10s" .outcome}} {{.reason}}{{"\n"}}{{end}}'
 
-bold "6. Delivery metrics, from the operator's own events"
-k get isvc iris -o go-template='    deployments {{.status.delivery.deployments}}, failed {{.status.delivery.failedDeployments}}, change failure rate {{.status.delivery.changeFailureRate}}, last lead time {{.status.delivery.lastLeadTimeSeconds}} s, last time to restore {{.status.delivery.lastTimeToRestoreSeconds}} s{{"\n"}}'
+bold "6. Delivery metrics (the four DORA keys), from the operator's own events"
+created=$(k get isvc iris -o jsonpath='{.metadata.creationTimestamp}')
+ISVC=$(k get isvc iris -o json) python3 - <<'PY'
+import datetime, json, os
+isvc = json.loads(os.environ["ISVC"])
+d = isvc["status"].get("delivery", {})
+created = datetime.datetime.fromisoformat(isvc["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
+hours = (datetime.datetime.now(datetime.timezone.utc) - created).total_seconds() / 3600
+ok, failed = d.get("deployments", 0), d.get("failedDeployments", 0)
+rate = d.get("changeFailureRate")
+print(f"    deployment frequency   {ok} successful deployments in {hours * 60:.1f} min since the "
+      f"InferenceService was created ({ok / hours:.0f} per hour at demo pace)")
+print(f"    lead time for changes  {d.get('lastLeadTimeSeconds', '-')} s, ModelVersion created -> promoted (latest)")
+print(f"    time to restore        {d.get('lastTimeToRestoreSeconds', '-')} s, canary failing -> stable alone again (latest rollback)")
+print(f"    change failure rate    {failed} rolled back of {ok + failed} = " + ("-" if rate is None else f"{rate:.0%}"))
+PY
+say "InferenceService created at $created; the same figures as Prometheus series on the operator's /metrics:"
 curl -s "http://127.0.0.1:$metrics_port/metrics" | grep -E '^mlops_(deployments_total|lead_time_seconds_count|time_to_restore_seconds_(sum|count))' | sed 's/^/    /'
 bold "   All resources:"
 k get mlops

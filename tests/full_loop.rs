@@ -1,7 +1,8 @@
 //! The whole loop on real pieces: a TrainingJob trains (mlops-runtime on the local node),
 //! its ModelVersion is validated, an InferenceService tracking LatestValidated serves it
 //! and answers real inferences through its Service; a retrained version is canaried
-//! under real traffic, measured by the real Prometheus, and promoted.
+//! under real traffic, measured by the real Prometheus, and promoted. The manifests are
+//! the demo's own (`examples/demo/`), so `make demo` cannot drift from what is tested.
 
 use std::time::Duration;
 
@@ -18,31 +19,28 @@ fn infer(addr: &str) -> Option<(u16, String)> {
     testkit::http_post(addr.parse().ok()?, "/v2/models/iris/infer", body)
 }
 
+/// A manifest of `examples/demo/` with the placeholders `hack/demo.sh` fills.
+fn demo_manifest(file: &str, namespace: &str) -> String {
+    let text = std::fs::read_to_string(repo_root().join("examples/demo").join(file)).expect("demo manifest");
+    text.replace(
+        "__DATASET__",
+        &format!("file://{}", repo_root().join("runtime/testdata/iris.csv").display()),
+    )
+    .replace("__OUTPUT__", &format!("file:///tmp/mlops-e2e/{namespace}/models"))
+}
+
 #[tokio::test]
 async fn train_validate_serve_infer_then_retrain_and_promote() {
     let Some(env) = TestEnv::start("full-loop").await else { return };
     install_crds();
     let _op = Operator::start(OPERATOR, &env.namespace, &[]);
-    let tj = json!({"apiVersion": "mlops.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "iris"},
-        "spec": {"model": "iris",
-                 "dataset": {"uri": format!("file://{}", repo_root().join("runtime/testdata/iris.csv").display()), "labelColumn": "species"},
-                 "hyperparameters": {"algorithm": "logistic_regression"},
-                 "trainer": {"image": "ghcr.io/mlops-dev/mlops-runtime:0.1.0", "args": ["train"]},
-                 "output": {"uri": format!("file:///tmp/mlops-e2e/{}/models", env.namespace)},
-                 "modelVersion": {"gates": [{"metric": "accuracy", "op": ">=", "value": 0.85},
-                                            {"metric": "f1", "op": ">=", "relativeTo": "Serving", "tolerance": 0.1}]}}});
-    let out = env.kubectl(&["apply", "-f", "-"], Some(&tj.to_string()));
+    let out = env.kubectl(&["apply", "-f", "-"], Some(&demo_manifest("trainingjob.yaml", &env.namespace)));
     assert!(out.status.success(), "{}", output_text(&out));
     let mvs: Api<ModelVersion> = env.api();
     wait_condition(&mvs, "iris-r1", cond::VALIDATED, "True", Duration::from_secs(120)).await;
 
-    let isvc = json!({"apiVersion": "mlops.dev/v1alpha1", "kind": "InferenceService", "metadata": {"name": "iris"},
-        "spec": {"model": "iris", "track": "LatestValidated", "replicas": 2, "runtime": {"preset": "MlopsRuntime"},
-                 "rollout": {"steps": [{"weight": 50, "pauseSeconds": 2}], "bakeSeconds": 4, "scaleDownDelaySeconds": 5,
-                             "analysis": {"intervalSeconds": 2, "metrics": [{"name": "error-rate",
-                                 "query": "(sum(rate(mlops_requests_total{namespace=\"{{namespace}}\",model_version=\"{{modelVersion}}\",code=~\"5..\"}[20s])) or vector(0)) / sum(rate(mlops_requests_total{namespace=\"{{namespace}}\",model_version=\"{{modelVersion}}\"}[20s]))",
-                                 "max": 0.05, "onNoData": "Wait"}]}}}});
-    let out = env.kubectl(&["apply", "-f", "-"], Some(&isvc.to_string()));
+    let out =
+        env.kubectl(&["apply", "-f", "-"], Some(&demo_manifest("inferenceservice.yaml", &env.namespace)));
     assert!(out.status.success(), "{}", output_text(&out));
     let isvcs: Api<InferenceService> = env.api();
     let served = wait_condition(&isvcs, "iris", cond::READY, "True", Duration::from_secs(90)).await;

@@ -434,6 +434,8 @@ async fn a_good_version_is_promoted_through_every_step() {
     let v2 = import_version(&env, &uri, "iris-v2", None).await;
     // Follow the rollout: every (phase, step, canary weight, stable replicas) it goes through.
     let mut seen: Vec<(CanaryPhase, i32, i32, i32)> = Vec::new();
+    // And every value the error-rate check measured on the canary.
+    let mut measured: Vec<f64> = Vec::new();
     let deadline = Instant::now() + LONG;
     let promoted = loop {
         let i = isvcs.get("web").await.unwrap();
@@ -442,6 +444,12 @@ async fn a_good_version_is_promoted_through_every_step() {
             let key = (c.phase, c.step, c.weight, s.stable.as_ref().map(|x| x.replicas).unwrap_or(-1));
             if seen.last() != Some(&key) {
                 seen.push(key);
+            }
+            let checks = c.analysis.iter().filter(|k| k.name == "error-rate");
+            for m in checks.flat_map(|k| &k.measurements) {
+                if let (CheckVerdict::Passed, Some(v)) = (m.verdict, m.value) {
+                    measured.push(v);
+                }
             }
         }
         if history_has(&i, "iris-v2", RolloutOutcome::Promoted) == 1 {
@@ -521,7 +529,10 @@ async fn a_good_version_is_promoted_through_every_step() {
         promoted_at.0.duration_since(created.0).as_secs() as u64,
         "lead time from creation"
     );
-    // The error-rate check measured real traffic on the canary: a value, and it passed.
+    // The error-rate check measured real traffic on the canary: values, and they passed.
+    assert!(!measured.is_empty(), "the error-rate check never passed with a measured value");
+    assert!(measured.iter().all(|v| *v <= 0.05), "{measured:?}");
+    // The delivery metrics are exported too.
     let metrics = op.metrics().unwrap_or_default();
     assert!(metrics.contains("mlops_lead_time_seconds"), "{metrics}");
 
