@@ -20,6 +20,16 @@ pub const MAX_GATES: usize = 32;
 pub const MAX_METRICS: usize = 64;
 /// Most entries kept in `status.failedIn`.
 pub const MAX_FAILED_IN: usize = 16;
+/// Longest storage URI (`artifact.uri`, `lineage.dataset.uri`), in characters.
+pub const MAX_URI_LEN: usize = 2048;
+/// Longest digest field (`sha256:` and 64 hex digits is 71), in characters.
+pub const MAX_DIGEST_LEN: usize = 71;
+/// Longest `artifact.format`, in characters.
+pub const MAX_FORMAT_LEN: usize = 63;
+/// Most entries of `lineage.dataset.validationReport`.
+pub const MAX_VALIDATION_CHECKS: usize = 8;
+/// Longest check name of a validation report entry, in characters.
+pub const MAX_CHECK_NAME_LEN: usize = 63;
 
 /// One immutable, validated model: where its artifact is, how good it is (metrics), where
 /// it came from (lineage), and what it must satisfy before it may serve (gates).
@@ -83,7 +93,7 @@ pub struct ModelVersionSpec {
     /// recall, f1, ...) and computational (latencyP99Ms, sizeBytes, ...). Gates refer to
     /// these names.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 64))]
+    #[schemars(extend("maxProperties" = MAX_METRICS))]
     pub metrics: BTreeMap<String, f64>,
 
     /// Where the model came from. Filled by the TrainingJob controller; optional for
@@ -124,19 +134,19 @@ pub struct Artifact {
         "artifact uri must start with s3://, pvc:// or file://"
     ))]
     #[x_kube(validation = Rule::new(PVC_URI_RULE).message(PVC_URI_MESSAGE))]
-    #[schemars(length(min = 1, max = 2048))]
+    #[schemars(length(min = 1, max = MAX_URI_LEN))]
     pub uri: String,
 
     /// Content digest of the artifact (`sha256:<hex>`); the server verifies it on load.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new(DIGEST_RULE).message(DIGEST_MESSAGE))]
-    #[schemars(length(max = 71))]
+    #[schemars(length(max = MAX_DIGEST_LEN))]
     pub digest: Option<String>,
 
     /// Serialization format the server must understand (for example `mlops-linear-v1`,
     /// `onnx`, `sklearn-joblib`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 63))]
+    #[schemars(length(max = MAX_FORMAT_LEN))]
     pub format: Option<String>,
 }
 
@@ -195,12 +205,12 @@ pub struct Lineage {
 #[serde(rename_all = "camelCase")]
 pub struct DatasetLineage {
     /// Dataset location.
-    #[schemars(length(max = 2048))]
+    #[schemars(length(max = MAX_URI_LEN))]
     pub uri: String,
 
     /// Digest of the data actually read (`sha256:<hex>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 71))]
+    #[schemars(length(max = MAX_DIGEST_LEN))]
     pub digest: Option<String>,
 
     /// Row counts after validation, in total and per split.
@@ -209,7 +219,7 @@ pub struct DatasetLineage {
 
     /// What data validation found and did, one entry per check.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 8), extend("x-kubernetes-list-type" = "atomic"))]
+    #[schemars(length(max = MAX_VALIDATION_CHECKS), extend("x-kubernetes-list-type" = "atomic"))]
     pub validation_report: Vec<ValidationReport>,
 }
 
@@ -232,7 +242,7 @@ pub struct RowCounts {
 #[serde(rename_all = "camelCase")]
 pub struct ValidationReport {
     /// Check name: `missing`, `duplicates` or `outliers`.
-    #[schemars(length(max = 63))]
+    #[schemars(length(max = MAX_CHECK_NAME_LEN))]
     pub check: String,
     /// Rows the check flagged.
     pub found: i64,

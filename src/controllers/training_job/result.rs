@@ -8,7 +8,10 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use crate::api::{
-    model_version::{Artifact, RowCounts, ValidationReport},
+    model_version::{
+        Artifact, MAX_CHECK_NAME_LEN, MAX_DIGEST_LEN, MAX_FORMAT_LEN, MAX_METRICS, MAX_URI_LEN,
+        MAX_VALIDATION_CHECKS, PVC_URI_MESSAGE, RowCounts, ValidationReport,
+    },
     training_job::DataAction,
 };
 
@@ -111,23 +114,6 @@ pub fn parse(message: Option<&str>) -> Result<TrainerResult, ResultError> {
     if wire.version != 1 {
         return Err(ResultError::UnsupportedVersion(wire.version));
     }
-    let uri = wire.artifact.uri.trim().to_string();
-    if !["s3://", "pvc://", "file://"].iter().any(|s| uri.starts_with(s)) {
-        return Err(ResultError::Invalid(format!(
-            "artifact.uri {uri:?} must start with s3://, pvc:// or file://"
-        )));
-    }
-    if let Some(d) = &wire.artifact.digest
-        && !is_sha256_digest(d)
-    {
-        return Err(ResultError::Invalid(format!("artifact.digest {d:?} is not sha256:<64 hex digits>")));
-    }
-    if let Some((name, v)) = wire.metrics.iter().find(|(_, v)| !v.is_finite()) {
-        return Err(ResultError::Invalid(format!("metric {name} is {v}, not a finite number")));
-    }
-    if wire.metrics.len() > crate::api::model_version::MAX_METRICS {
-        return Err(ResultError::Invalid(format!("{} metrics, more than the limit", wire.metrics.len())));
-    }
     let validation = wire
         .validation
         .into_iter()
@@ -157,13 +143,105 @@ pub fn parse(message: Option<&str>) -> Result<TrainerResult, ResultError> {
             (d.digest, rows)
         }
     };
-    Ok(TrainerResult {
+    let result = TrainerResult {
         metrics: wire.metrics,
-        artifact: Artifact { uri, digest: wire.artifact.digest, format: wire.artifact.format },
+        artifact: Artifact {
+            uri: wire.artifact.uri.trim().to_string(),
+            digest: wire.artifact.digest,
+            format: wire.artifact.format,
+        },
         dataset_digest,
         rows,
         validation,
-    })
+    };
+    check_schema_bounds(&result)?;
+    Ok(result)
+}
+
+/// Every bound the ModelVersion schema puts on a field copied from the result (the
+/// constants below generate that schema). A result the API server would refuse with 422
+/// fails the run here, naming the field, instead of failing every ModelVersion create.
+/// Metric names have no bound in the schema (only the count of metrics has), and the
+/// integers (`found`, `removed`, row counts) are int64 there as here.
+fn check_schema_bounds(r: &TrainerResult) -> Result<(), ResultError> {
+    let uri = &r.artifact.uri;
+    at_most("artifact.uri", uri, MAX_URI_LEN)?;
+    if !["s3://", "pvc://", "file://"].iter().any(|s| uri.starts_with(s)) {
+        return invalid(format!("artifact.uri {} must start with s3://, pvc:// or file://", shown(uri)));
+    }
+    if !is_pvc_uri(uri) {
+        return invalid(format!(
+            "artifact.uri {}: {PVC_URI_MESSAGE} (a claim name of a-z, 0-9, '-' and '.')",
+            shown(uri)
+        ));
+    }
+    if let Some(d) = &r.artifact.digest
+        && !is_sha256_digest(d)
+    {
+        return invalid(format!("artifact.digest {} is not sha256:<64 lowercase hex digits>", shown(d)));
+    }
+    if let Some(format) = &r.artifact.format {
+        at_most("artifact.format", format, MAX_FORMAT_LEN)?;
+    }
+    if let Some(digest) = &r.dataset_digest {
+        at_most("dataset.digest", digest, MAX_DIGEST_LEN)?;
+    }
+    if r.metrics.len() > MAX_METRICS {
+        return invalid(format!(
+            "metrics has {} entries; a ModelVersion holds at most {MAX_METRICS}",
+            r.metrics.len()
+        ));
+    }
+    if let Some((name, v)) = r.metrics.iter().find(|(_, v)| !v.is_finite()) {
+        return invalid(format!("metric {} is {v}, not a finite number", shown(name)));
+    }
+    if r.validation.len() > MAX_VALIDATION_CHECKS {
+        return invalid(format!(
+            "validation has {} checks; a ModelVersion holds at most {MAX_VALIDATION_CHECKS}",
+            r.validation.len()
+        ));
+    }
+    for v in &r.validation {
+        at_most(&format!("validation check name {}", shown(&v.check)), &v.check, MAX_CHECK_NAME_LEN)?;
+    }
+    Ok(())
+}
+
+fn invalid(message: String) -> Result<(), ResultError> {
+    Err(ResultError::Invalid(message))
+}
+
+/// The schema's `maxLength`, which the API server counts in characters, not bytes.
+fn at_most(field: &str, value: &str, max: usize) -> Result<(), ResultError> {
+    let n = value.chars().count();
+    if n > max {
+        return invalid(format!("{field} is {n} characters long; a ModelVersion allows at most {max}"));
+    }
+    Ok(())
+}
+
+/// A value quoted for a message, cut short: a result may be up to 4 KiB.
+fn shown(value: &str) -> String {
+    const KEEP: usize = 64;
+    if value.chars().count() <= KEEP {
+        return format!("{value:?}");
+    }
+    format!("{:?}...", value.chars().take(KEEP).collect::<String>())
+}
+
+/// The schema's `PVC_URI_RULE`: non-`pvc://` URIs pass; a `pvc://` one
+/// needs a claim of lowercase letters, digits, `-` and `.` that starts and ends with a
+/// letter or digit, then nothing or `/` and a path without a newline (the rule's `.*`).
+fn is_pvc_uri(uri: &str) -> bool {
+    let Some(rest) = uri.strip_prefix("pvc://") else { return true };
+    let (claim, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let edge = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let b = claim.as_bytes();
+    !b.is_empty()
+        && edge(b[0])
+        && edge(b[b.len() - 1])
+        && b.iter().all(|&c| edge(c) || c == b'-' || c == b'.')
+        && !path.contains('\n')
 }
 
 fn is_sha256_digest(d: &str) -> bool {
@@ -241,5 +319,106 @@ mod tests {
     fn an_oversized_result_is_refused() {
         let big = format!(r#"{{"version":1,"artifact":{{"uri":"s3://b/{}"}}}}"#, "k".repeat(5000));
         assert_eq!(parse(Some(&big)).unwrap_err().reason(), "ResultTooLarge");
+    }
+
+    /// A result with `artifact` and the extra top-level fields in `rest` (JSON, may be empty).
+    fn result(artifact: &str, rest: &str) -> String {
+        let rest = if rest.is_empty() { String::new() } else { format!(",{rest}") };
+        format!(r#"{{"version":1,"artifact":{artifact}{rest}}}"#)
+    }
+
+    fn checks(n: usize) -> String {
+        let entries: Vec<String> = (0..n).map(|i| format!(r#""c{i}":{{"action":"keep"}}"#)).collect();
+        format!(r#""validation":{{{}}}"#, entries.join(","))
+    }
+
+    fn metrics(n: usize) -> String {
+        let entries: Vec<String> = (0..n).map(|i| format!(r#""m{i}":{i}"#)).collect();
+        format!(r#""metrics":{{{}}}"#, entries.join(","))
+    }
+
+    /// Each bound of the ModelVersion schema on a copied field: one past it is refused with
+    /// `ResultInvalid` and a message naming the field and the bound; at the bound it parses.
+    #[test]
+    fn each_schema_bound_is_refused_with_the_field_and_bound() {
+        let s3 = r#"{"uri":"s3://b/k"}"#;
+        let cases: Vec<(String, String, &str)> = vec![
+            (
+                result(&format!(r#"{{"uri":"s3://b/{}"}}"#, "k".repeat(2048 - 7)), ""),
+                result(&format!(r#"{{"uri":"s3://b/{}"}}"#, "k".repeat(2048 - 6)), ""),
+                "artifact.uri is 2049 characters long; a ModelVersion allows at most 2048",
+            ),
+            (
+                result(r#"{"uri":"pvc://claim-1.a/models/m.json"}"#, ""),
+                result(r#"{"uri":"pvc://Claim/models/m.json"}"#, ""),
+                "a pvc:// uri must look like pvc://<claim-name>/<path>",
+            ),
+            (
+                result(r#"{"uri":"pvc://claim"}"#, ""),
+                result(r#"{"uri":"pvc://claim-/m"}"#, ""),
+                "artifact.uri \"pvc://claim-/m\"",
+            ),
+            (
+                result(r#"{"uri":"pvc://c/a b"}"#, ""),
+                result(r#"{"uri":"pvc://c/a\nb"}"#, ""),
+                "pvc://<claim-name>/<path>",
+            ),
+            (
+                result(r#"{"uri":"pvc://c/m"}"#, ""),
+                result(r#"{"uri":"pvc:///m"}"#, ""),
+                "pvc://<claim-name>/<path>",
+            ),
+            (
+                result(&format!(r#"{{"uri":"s3://b/k","digest":"sha256:{}"}}"#, "0".repeat(64)), ""),
+                result(&format!(r#"{{"uri":"s3://b/k","digest":"sha256:{}"}}"#, "A".repeat(64)), ""),
+                "artifact.digest \"sha256:AAAA",
+            ),
+            (
+                result(&format!(r#"{{"uri":"s3://b/k","format":"{}"}}"#, "f".repeat(63)), ""),
+                result(&format!(r#"{{"uri":"s3://b/k","format":"{}"}}"#, "f".repeat(64)), ""),
+                "artifact.format is 64 characters long; a ModelVersion allows at most 63",
+            ),
+            (
+                result(s3, &format!(r#""dataset":{{"digest":"{}"}}"#, "d".repeat(71))),
+                result(s3, &format!(r#""dataset":{{"digest":"{}"}}"#, "d".repeat(72))),
+                "dataset.digest is 72 characters long; a ModelVersion allows at most 71",
+            ),
+            (
+                result(s3, &metrics(64)),
+                result(s3, &metrics(65)),
+                "metrics has 65 entries; a ModelVersion holds at most 64",
+            ),
+            (
+                result(s3, &checks(8)),
+                result(s3, &checks(9)),
+                "validation has 9 checks; a ModelVersion holds at most 8",
+            ),
+            (
+                result(s3, &format!(r#""validation":{{"{}":{{"action":"keep"}}}}"#, "c".repeat(63))),
+                result(s3, &format!(r#""validation":{{"{}":{{"action":"keep"}}}}"#, "c".repeat(64))),
+                "is 64 characters long; a ModelVersion allows at most 63",
+            ),
+        ];
+        for (good, bad, words) in &cases {
+            assert!(parse(Some(good)).is_ok(), "{good}: {:?}", parse(Some(good)));
+            let err = parse(Some(bad)).unwrap_err();
+            assert_eq!(err.reason(), "ResultInvalid", "{bad}");
+            assert!(err.to_string().contains(words), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn lengths_are_counted_in_characters_like_the_api_server() {
+        // 63 two-byte characters: 126 bytes, within maxLength 63.
+        let text = result(&format!(r#"{{"uri":"s3://b/k","format":"{}"}}"#, "é".repeat(63)), "");
+        assert!(parse(Some(&text)).is_ok());
+    }
+
+    #[test]
+    fn long_values_are_cut_short_in_the_message() {
+        let text = result(&format!(r#"{{"uri":"s3://b/k","digest":"{}"}}"#, "x".repeat(1000)), "");
+        let err = parse(Some(&text)).unwrap_err().to_string();
+        assert!(err.contains("artifact.digest") && err.contains("..."), "{err}");
+        assert!(err.len() < 200, "{err}");
     }
 }
