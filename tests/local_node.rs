@@ -169,6 +169,19 @@ async fn crashing_container_reaches_crash_loop_back_off() {
     assert_eq!(v["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"], 1);
     assert_eq!(v["status"]["containerStatuses"][0]["lastState"]["terminated"]["reason"], "Error");
     assert_eq!(v["status"]["phase"], "Running");
+    // The log file holds every run; `kubectl logs` shows one run, `--previous` the run
+    // before the restart (the kubelet's rule), never all of them.
+    let runs_shown = |flags: &[&str]| {
+        let out = env.kubectl(&[&["logs", "crash"], flags].concat(), None);
+        assert!(out.status.success(), "kubectl logs {flags:?}: {}", output_text(&out));
+        output_text(&out).matches("dying").count()
+    };
+    assert_eq!(runs_shown(&["--previous"]), 1);
+    // The current run may have just started and printed nothing yet.
+    wait_until(WAIT, "kubectl logs showing exactly one run", || async {
+        (runs_shown(&[]) == 1).then_some(())
+    })
+    .await;
     let before = restarts(&first);
     wait_for(&pods, "crash", WAIT, "a growing restart count", |p| restarts(p) > before).await;
     // The node records the back-off as an Event on the pod, as a kubelet does.
@@ -215,6 +228,14 @@ async fn job_completes_with_the_termination_message_in_pod_status() {
     let name = pods[0].metadata.name.clone().unwrap();
     let out = env.kubectl(&["logs", &name], None);
     assert!(output_text(&out).contains("hello from the trainer"), "kubectl logs: {}", output_text(&out));
+    // It never restarted: no previous run, and the kubelet's BadRequest says so.
+    let out = env.kubectl(&["logs", &name, "--previous"], None);
+    assert!(!out.status.success());
+    assert!(
+        output_text(&out).contains(r#"previous terminated container "trainer""#),
+        "kubectl logs --previous: {}",
+        output_text(&out)
+    );
 }
 
 #[tokio::test]

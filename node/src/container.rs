@@ -22,6 +22,7 @@ use crate::{
     pods::{PodCtx, Stop, now, record, sleep_or_stop, wait_stop},
     probe,
     process::{self, MARKER_VAR},
+    runlog,
     status::{State, Terminated},
 };
 
@@ -61,6 +62,8 @@ pub(crate) async fn run_container(
     let mut pull_failures = 0u32;
     let mut first_start = true;
     let mut last_failure: Option<String> = None;
+    // Which bytes of the (appended) log file are which run; kept across agent restarts.
+    let mut runs = runlog::read(&log_path);
     let set_waiting = |reason: &str, message: Option<String>| {
         let reason = reason.to_owned();
         shared.update(init, idx, move |r| {
@@ -140,6 +143,10 @@ pub(crate) async fn run_container(
         let _ = std::fs::remove_file(&exited_marker);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path);
         let log_offset = log.as_ref().ok().and_then(|f| f.metadata().ok()).map(|m| m.len()).unwrap_or(0);
+        runs.current = log_offset;
+        if let Err(e) = runlog::write(&log_path, &runs) {
+            warn!("recording the run in {}: {e}", log_path.display());
+        }
         let cwd = working_dir(&c, &ctx.dir);
         let mut cmd = tokio::process::Command::new(&program);
         cmd.args(&args)
@@ -288,6 +295,12 @@ pub(crate) async fn run_container(
                 r.done = true;
             });
             return Outcome::Finished(exit_code);
+        }
+        // This run becomes lastState: `kubectl logs --previous` shows it from now on.
+        let log_end = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(log_offset);
+        runs.previous = Some((log_offset, log_end.max(log_offset)));
+        if let Err(e) = runlog::write(&log_path, &runs) {
+            warn!("recording the run in {}: {e}", log_path.display());
         }
         let delay = ctx.agent.backoff.next_delay(&mut streak, started.elapsed());
         let pod_ref = format!("{}_{}({})", ctx.name, ctx.ns, ctx.uid);

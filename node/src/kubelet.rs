@@ -1,6 +1,7 @@
-//! The node's HTTPS endpoint, enough for `kubectl logs [-f] [--tail N]`: the API server
-//! calls `GET /containerLogs/{namespace}/{pod}/{container}` on the port the Node
-//! advertises, and this answers with the container's log file.
+//! The node's HTTPS endpoint, enough for `kubectl logs [-f] [--tail N] [--previous]`: the
+//! API server calls `GET /containerLogs/{namespace}/{pod}/{container}` on the port the Node
+//! advertises, and this answers with the current (or previous) run's part of the
+//! container's log file.
 
 use std::{
     path::{Path, PathBuf},
@@ -16,6 +17,8 @@ use tokio::{
 };
 use tracing::{info, warn};
 
+use crate::runlog;
+
 pub struct Server {
     pub state_dir: PathBuf,
     pub address: String,
@@ -30,6 +33,7 @@ pub struct LogRequest {
     pub container: String,
     pub follow: bool,
     pub tail_lines: Option<usize>,
+    pub previous: bool,
 }
 
 pub fn parse_target(target: &str) -> Option<LogRequest> {
@@ -42,11 +46,13 @@ pub fn parse_target(target: &str) -> Option<LogRequest> {
         container: container.to_owned(),
         follow: false,
         tail_lines: None,
+        previous: false,
     };
     for kv in query.split('&') {
         match kv.split_once('=') {
             Some(("follow", v)) => req.follow = v == "true" || v == "1",
             Some(("tailLines", v)) => req.tail_lines = v.parse().ok(),
+            Some(("previous", v)) => req.previous = v == "true" || v == "1",
             _ => {}
         }
     }
@@ -136,30 +142,27 @@ async fn handle<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     let target = request_line.split_whitespace().nth(1).unwrap_or_default().to_owned();
     let mut stream = reader.into_inner();
     let Some(req) = parse_target(&target) else {
-        stream
-            .write_all(
-                b"HTTP/1.1 404 Not Found\r\nContent-Length: 10\r\nConnection: close\r\n\r\nnot found\n",
-            )
-            .await?;
-        return Ok(());
+        return respond_error(&mut stream, "404 Not Found", "not found").await;
     };
     let Some(path) = log_path(state_dir, &req) else {
         let body = format!(
-            "no log for container {} of pod {}/{} on this node\n",
+            "no log for container {} of pod {}/{} on this node",
             req.container, req.namespace, req.pod
         );
-        stream
-            .write_all(
-                format!(
-                    "HTTP/1.1 404 Not Found\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                )
-                .as_bytes(),
-            )
-            .await?;
-        return Ok(());
+        return respond_error(&mut stream, "404 Not Found", &body).await;
     };
-    let content = tokio::fs::read(&path).await?;
+    let runs = runlog::read(&path);
+    let mut f = tokio::fs::File::open(&path).await?;
+    let len = f.metadata().await?.len();
+    let Some(range) = runlog::range(&runs, len, req.previous) else {
+        // The kubelet's answer (the API server passes it on as BadRequest).
+        let body =
+            format!("previous terminated container \"{}\" in pod \"{}\" not found", req.container, req.pod);
+        return respond_error(&mut stream, "400 Bad Request", &body).await;
+    };
+    f.seek(std::io::SeekFrom::Start(range.start)).await?;
+    let mut content = Vec::new();
+    (&mut f).take(range.end - range.start).read_to_end(&mut content).await?;
     let shown = match req.tail_lines {
         Some(n) => last_lines(&content, n),
         None => &content[..],
@@ -167,25 +170,63 @@ async fn handle<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n").await?;
     stream.write_all(shown).await?;
     stream.flush().await?;
-    if req.follow {
-        // Follow until the container has exited and its log is drained.
-        let exited = path.with_extension("exited");
-        let mut f = tokio::fs::File::open(&path).await?;
-        f.seek(std::io::SeekFrom::Start(content.len() as u64)).await?;
-        let mut buf = vec![0u8; 16 * 1024];
+    if req.follow && !req.previous {
+        follow_run(&mut stream, &mut f, &path, range).await?;
+    }
+    stream.shutdown().await?;
+    Ok(())
+}
+
+/// Streams what the run that started at `sent.start` writes after `sent.end`, until it has
+/// exited (or the next run has started) and its output is drained.
+async fn follow_run<S: tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    f: &mut tokio::fs::File,
+    path: &Path,
+    sent: std::ops::Range<u64>,
+) -> anyhow::Result<()> {
+    let exited = path.with_extension("exited");
+    let mut pos = sent.end;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        // Checked before reading, so everything the run wrote before it ended is sent.
+        let next_start = runlog::read(path).current;
+        let end = if next_start != sent.start {
+            Some(next_start)
+        } else if exited.exists() {
+            Some(u64::MAX)
+        } else {
+            None
+        };
         loop {
-            let n = f.read(&mut buf).await?;
-            if n > 0 {
-                stream.write_all(&buf[..n]).await?;
-                stream.flush().await?;
-                continue;
-            }
-            if exited.exists() {
+            let want = end.unwrap_or(u64::MAX).saturating_sub(pos).min(buf.len() as u64) as usize;
+            let n = if want == 0 { 0 } else { f.read(&mut buf[..want]).await? };
+            if n == 0 {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            stream.write_all(&buf[..n]).await?;
+            stream.flush().await?;
+            pos += n as u64;
         }
+        if end.is_some() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+async fn respond_error<S: tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    status: &str,
+    message: &str,
+) -> anyhow::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        message.len() + 1
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(message.as_bytes()).await?;
+    stream.write_all(b"\n").await?;
     stream.shutdown().await?;
     Ok(())
 }
@@ -204,9 +245,11 @@ mod tests {
                 pod: "p".into(),
                 container: "c".into(),
                 follow: true,
-                tail_lines: Some(5)
+                tail_lines: Some(5),
+                previous: false,
             }
         );
+        assert!(parse_target("/containerLogs/ns/p/c?previous=true").unwrap().previous);
         assert!(parse_target("/pods").is_none());
     }
 
@@ -216,5 +259,49 @@ mod tests {
         assert_eq!(last_lines(b"a\nb\nc", 2), b"b\nc");
         assert_eq!(last_lines(b"a\nb\n", 5), b"a\nb\n");
         assert_eq!(last_lines(b"a\nb\n", 0), b"");
+    }
+
+    /// One request through `handle`, as the API server would send it: (status line, body).
+    async fn get(state_dir: &Path, target: &str) -> (String, String) {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let state_dir = state_dir.to_path_buf();
+        let served = tokio::spawn(async move { handle(server, &state_dir).await.unwrap() });
+        client.write_all(format!("GET {target} HTTP/1.1\r\nHost: node\r\n\r\n").as_bytes()).await.unwrap();
+        let mut response = String::new();
+        client.read_to_string(&mut response).await.unwrap();
+        served.await.unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        (head.lines().next().unwrap().to_owned(), body.to_owned())
+    }
+
+    #[tokio::test]
+    async fn serves_the_current_run_and_the_previous_one() {
+        let state = std::env::temp_dir().join(format!("mlops-node-kubelet-{}", std::process::id()));
+        let logs = state.join("pods/ns_crash_0123abcd/logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let log = logs.join("main.log");
+        std::fs::write(&log, "run 1\n").unwrap();
+        runlog::write(&log, &runlog::Runs { current: 0, previous: None }).unwrap();
+        let (status, body) = get(&state, "/containerLogs/ns/crash/main").await;
+        assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", "run 1\n"));
+        // No restart yet: the kubelet's 400.
+        let (status, body) = get(&state, "/containerLogs/ns/crash/main?previous=true").await;
+        assert_eq!(status, "HTTP/1.1 400 Bad Request");
+        assert_eq!(body, "previous terminated container \"main\" in pod \"crash\" not found\n");
+
+        // Restarted: the file holds both runs, each request gets one.
+        std::fs::write(&log, "run 1\nrun 2a\nrun 2b\n").unwrap();
+        runlog::write(&log, &runlog::Runs { current: 6, previous: Some((0, 6)) }).unwrap();
+        let (_, body) = get(&state, "/containerLogs/ns/crash/main").await;
+        assert_eq!(body, "run 2a\nrun 2b\n");
+        let (_, body) = get(&state, "/containerLogs/ns/crash/main?tailLines=1").await;
+        assert_eq!(body, "run 2b\n");
+        let (_, body) = get(&state, "/containerLogs/ns/crash/main?previous=true&follow=true").await;
+        assert_eq!(body, "run 1\n");
+        // Following the current run ends once it has exited.
+        std::fs::write(logs.join("main.exited"), "").unwrap();
+        let (_, body) = get(&state, "/containerLogs/ns/crash/main?follow=true").await;
+        assert_eq!(body, "run 2a\nrun 2b\n");
+        std::fs::remove_dir_all(&state).unwrap();
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! Layout: `node` keeps the Node and its Lease alive; `pods` runs pods (with `container`,
 //! `env`, `probe`, `process`, `status` as its parts); `services` runs the Service proxies;
-//! `kubelet` serves `kubectl logs`; `images`, `ipam` and `backoff` are small pure pieces.
+//! `kubelet` serves `kubectl logs` (`runlog` says which bytes of a log are which run);
+//! `images`, `ipam` and `backoff` are small pure pieces.
 
 mod backoff;
 mod container;
@@ -16,6 +17,7 @@ mod node;
 mod pods;
 mod probe;
 mod process;
+mod runlog;
 mod scrape;
 mod services;
 mod status;

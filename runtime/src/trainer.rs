@@ -59,6 +59,7 @@ pub fn artifact_location(output_uri: &str) -> Result<Location, TrainError> {
 pub fn run(cfg: &TrainConfig) -> Result<TrainResult, TrainError> {
     let data = TrainError::Data;
     let target = artifact_location(&cfg.output_uri)?;
+    storage::check_write_config(&target).map_err(|e| TrainError::Io(e.to_string()))?;
 
     let bytes = storage::read(&cfg.dataset_uri).map_err(|e| TrainError::Io(e.to_string()))?;
     let digest = crate::sha256_digest(&bytes);

@@ -75,6 +75,23 @@ fn bad_data_exits_non_zero_with_one_line() {
 }
 
 #[test]
+fn half_set_output_credentials_fail_before_training_without_echoing_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, message) = train(
+        dir.path(),
+        &iris_csv(),
+        &[
+            ("MLOPS_OUTPUT_URI", "s3://models/iris"),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
+            ("MLOPS_OUTPUT_AWS_ACCESS_KEY_ID", "AKIDOUTPUTONLY"),
+        ],
+    );
+    assert_eq!(code, 1, "{message}");
+    assert!(message.contains("MLOPS_OUTPUT_AWS_SECRET_ACCESS_KEY"), "{message}");
+    assert!(!message.contains("AKIDOUTPUTONLY"), "{message}");
+}
+
+#[test]
 fn serve_binds_answers_and_drains_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let (code, message) = train(dir.path(), &iris_csv(), &[]);

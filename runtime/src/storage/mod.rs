@@ -5,7 +5,7 @@
 
 mod s3;
 
-pub use s3::{S3Config, SigningInput, sign_v4};
+pub use s3::{OUTPUT_PREFIX, Role, S3Config, SigningInput, sign_v4};
 
 use std::path::PathBuf;
 
@@ -23,6 +23,9 @@ pub enum StorageError {
     Io { op: &'static str, path: String, source: std::io::Error },
     #[error("{op} {uri}: {reason}")]
     Remote { op: &'static str, uri: String, reason: String },
+    /// A credentials variable set wrong; names variables, never values.
+    #[error("S3 configuration: {0}")]
+    Config(String),
 }
 
 /// A parsed storage location.
@@ -91,8 +94,19 @@ impl Location {
     }
 }
 
-/// Reads the whole object at `uri`.
+/// Looks up an environment variable; the process environment outside tests.
+type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Reads the whole object at `uri` (S3: with the plain `AWS_*` credentials).
 pub fn read(uri: &str) -> Result<Vec<u8>, StorageError> {
+    read_with(uri, &process_env)
+}
+
+fn read_with(uri: &str, env: Env<'_>) -> Result<Vec<u8>, StorageError> {
     match Location::parse(uri)? {
         Location::File(path) => {
             let io = |source| StorageError::Io { op: "read", path: path.display().to_string(), source };
@@ -106,12 +120,32 @@ pub fn read(uri: &str) -> Result<Vec<u8>, StorageError> {
             }
             std::fs::read(&path).map_err(io)
         }
-        Location::S3 { bucket, key } => s3::get(&S3Config::from_env(), &bucket, &key),
+        Location::S3 { bucket, key } => s3::get(&S3Config::for_role(Role::Input, env)?, &bucket, &key),
     }
 }
 
-/// Writes `bytes` to `location`, creating parent directories for files.
+/// Writes `bytes` to `location`, creating parent directories for files. S3 writes
+/// use the output credentials (`MLOPS_OUTPUT_AWS_*`, else `AWS_*`): the only thing
+/// the runtime writes is the training artifact.
 pub fn write(location: &Location, bytes: &[u8], content_type: &str) -> Result<(), StorageError> {
+    write_with(location, bytes, content_type, &process_env)
+}
+
+/// Fails early when the credentials a write to `location` would use are set wrong,
+/// so a run stops before its work rather than at the upload.
+pub fn check_write_config(location: &Location) -> Result<(), StorageError> {
+    match location {
+        Location::File(_) => Ok(()),
+        Location::S3 { .. } => S3Config::for_role(Role::Output, &process_env).map(drop),
+    }
+}
+
+fn write_with(
+    location: &Location,
+    bytes: &[u8],
+    content_type: &str,
+    env: Env<'_>,
+) -> Result<(), StorageError> {
     match location {
         Location::File(path) => {
             let io = |op, source| StorageError::Io { op, path: path.display().to_string(), source };
@@ -123,7 +157,9 @@ pub fn write(location: &Location, bytes: &[u8], content_type: &str) -> Result<()
             std::fs::write(&tmp, bytes).map_err(|e| io("write", e))?;
             std::fs::rename(&tmp, path).map_err(|e| io("rename", e))
         }
-        Location::S3 { bucket, key } => s3::put(&S3Config::from_env(), bucket, key, bytes, content_type),
+        Location::S3 { bucket, key } => {
+            s3::put(&S3Config::for_role(Role::Output, env)?, bucket, key, bytes, content_type)
+        }
     }
 }
 
@@ -161,6 +197,41 @@ mod tests {
         assert_eq!(s3.join("model.json").uri(), "s3://b/runs/1/model.json");
         let f = Location::parse("/tmp/out").unwrap();
         assert_eq!(f.join("model.json").uri(), "file:///tmp/out/model.json");
+    }
+
+    /// The wiring the audit asked for: the artifact PUT is signed with the output
+    /// Secret, the dataset GET with the dataset's, and neither secret is sent.
+    #[test]
+    fn writes_sign_with_the_output_credentials_and_reads_with_the_dataset_ones() {
+        let (endpoint, server) = s3::tests::one_shot_server("200 OK", b"");
+        let env = s3::tests::two_secrets(&[("MLOPS_OUTPUT_AWS_ENDPOINT_URL", &endpoint)]);
+        let target = Location::parse("s3://models/iris/r1/model.json").unwrap();
+        write_with(&target, b"{}", "application/json", &|k| env.get(k).cloned()).unwrap();
+        let (head, _) = server.join().unwrap();
+        let head = head.to_ascii_lowercase();
+        assert!(head.contains("credential=akidoutput/"), "{head}");
+        assert!(head.contains("/us-west-2/s3/aws4_request"), "{head}");
+        assert!(!head.contains("akiddataset") && !head.contains("dataset-token"), "{head}");
+        assert!(!head.contains("output-secret") && !head.contains("dataset-secret"), "{head}");
+
+        let (endpoint, server) = s3::tests::one_shot_server("200 OK", b"a,b\n");
+        let env = s3::tests::two_secrets(&[("AWS_ENDPOINT_URL", &endpoint)]);
+        let body = read_with("s3://datasets/iris.csv", &|k| env.get(k).cloned()).unwrap();
+        assert_eq!(body, b"a,b\n");
+        let (head, _) = server.join().unwrap();
+        let head = head.to_ascii_lowercase();
+        assert!(head.contains("credential=akiddataset/"), "{head}");
+        assert!(head.contains("x-amz-security-token: dataset-token"), "{head}");
+        assert!(!head.contains("akidoutput"), "{head}");
+    }
+
+    #[test]
+    fn a_half_set_output_pair_fails_the_write_before_any_request() {
+        let mut env = s3::tests::two_secrets(&[]);
+        env.remove("MLOPS_OUTPUT_AWS_SECRET_ACCESS_KEY");
+        let target = Location::parse("s3://models/m.json").unwrap();
+        let err = write_with(&target, b"{}", "application/json", &|k| env.get(k).cloned()).unwrap_err();
+        assert!(matches!(err, StorageError::Config(_)), "{err}");
     }
 
     #[test]

@@ -7,13 +7,29 @@
 //! `https://<bucket>.s3.<region>.amazonaws.com`; `AWS_REGION` /
 //! `AWS_DEFAULT_REGION` (default `us-east-1`); `AWS_ACCESS_KEY_ID`,
 //! `AWS_SECRET_ACCESS_KEY`, optional `AWS_SESSION_TOKEN`. Without credentials
-//! requests go unsigned (public buckets).
+//! requests go unsigned (public buckets). Writes of the training artifact look
+//! for the same names prefixed `MLOPS_OUTPUT_` first (see [`Role::Output`]).
 
 use super::{MAX_OBJECT_BYTES, StorageError};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 
-#[derive(Debug, Clone, Default)]
+/// Prefix of the variables the operator sets when a TrainingJob's output Secret
+/// differs from its dataset's.
+pub const OUTPUT_PREFIX: &str = "MLOPS_OUTPUT_";
+
+/// Whose credentials a request uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Datasets and served artifacts: the plain `AWS_*` variables.
+    Input,
+    /// The training artifact: `MLOPS_OUTPUT_AWS_*` first, else `AWS_*`. The key
+    /// pair and session token are taken as one set (a token belongs to its key),
+    /// region and endpoint each fall back on their own.
+    Output,
+}
+
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct S3Config {
     /// `scheme://host[:port]` for path-style access; `None` means AWS itself.
     pub endpoint: Option<String>,
@@ -23,18 +39,51 @@ pub struct S3Config {
     pub session_token: Option<String>,
 }
 
+/// Secrets never reach a log line through `{:?}`.
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |v: &Option<String>| v.as_ref().map(|_| "<redacted>");
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key", &self.access_key)
+            .field("secret_key", &redacted(&self.secret_key))
+            .field("session_token", &redacted(&self.session_token))
+            .finish()
+    }
+}
+
 impl S3Config {
-    pub fn from_env() -> Self {
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        S3Config {
-            endpoint: var("AWS_ENDPOINT_URL_S3").or_else(|| var("AWS_ENDPOINT_URL")),
-            region: var("AWS_REGION")
-                .or_else(|| var("AWS_DEFAULT_REGION"))
-                .unwrap_or_else(|| "us-east-1".into()),
-            access_key: var("AWS_ACCESS_KEY_ID"),
-            secret_key: var("AWS_SECRET_ACCESS_KEY"),
-            session_token: var("AWS_SESSION_TOKEN"),
-        }
+    /// The configuration for `role`, reading variables through `var` (empty
+    /// values count as unset). Errors name variables, never their values.
+    pub fn for_role(role: Role, var: &dyn Fn(&str) -> Option<String>) -> Result<Self, StorageError> {
+        let var = |k: &str| var(k).filter(|v| !v.is_empty());
+        let output = |k: &str| var(&format!("{OUTPUT_PREFIX}{k}"));
+        // The first name set, the output-specific names before the plain ones.
+        let first = |names: &[&str]| -> Option<String> {
+            let specific = if role == Role::Output { names.iter().find_map(|k| output(k)) } else { None };
+            specific.or_else(|| names.iter().find_map(|k| var(k)))
+        };
+        let (access_key, secret_key, session_token) =
+            match (role, output("AWS_ACCESS_KEY_ID"), output("AWS_SECRET_ACCESS_KEY")) {
+                (Role::Output, Some(id), Some(secret)) => {
+                    (Some(id), Some(secret), output("AWS_SESSION_TOKEN"))
+                }
+                (Role::Output, Some(_), None) | (Role::Output, None, Some(_)) => {
+                    return Err(StorageError::Config(format!(
+                        "{OUTPUT_PREFIX}AWS_ACCESS_KEY_ID and {OUTPUT_PREFIX}AWS_SECRET_ACCESS_KEY \
+                         must be set together"
+                    )));
+                }
+                _ => (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY"), var("AWS_SESSION_TOKEN")),
+            };
+        Ok(S3Config {
+            endpoint: first(&["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]),
+            region: first(&["AWS_REGION", "AWS_DEFAULT_REGION"]).unwrap_or_else(|| "us-east-1".into()),
+            access_key,
+            secret_key,
+            session_token,
+        })
     }
 }
 
@@ -214,10 +263,134 @@ pub fn put(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+    use std::collections::HashMap;
     use std::io::{BufRead, BufReader, Read, Write};
     use std::net::TcpListener;
+
+    /// A dataset Secret in `AWS_*` and a different output Secret in `MLOPS_OUTPUT_AWS_*`,
+    /// as the operator sets them, plus `extra`.
+    pub(in crate::storage) fn two_secrets(extra: &[(&str, &str)]) -> HashMap<String, String> {
+        let mut env: HashMap<String, String> = [
+            ("AWS_ACCESS_KEY_ID", "AKIDDATASET"),
+            ("AWS_SECRET_ACCESS_KEY", "dataset-secret"),
+            ("AWS_SESSION_TOKEN", "dataset-token"),
+            ("AWS_REGION", "eu-west-1"),
+            ("AWS_ENDPOINT_URL", "http://datasets.example:9000"),
+            ("MLOPS_OUTPUT_AWS_ACCESS_KEY_ID", "AKIDOUTPUT"),
+            ("MLOPS_OUTPUT_AWS_SECRET_ACCESS_KEY", "output-secret"),
+            ("MLOPS_OUTPUT_AWS_REGION", "us-west-2"),
+            ("MLOPS_OUTPUT_AWS_ENDPOINT_URL", "http://models.example:9000"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        env
+    }
+
+    fn select(role: Role, env: &HashMap<String, String>) -> Result<S3Config, StorageError> {
+        S3Config::for_role(role, &|k| env.get(k).cloned())
+    }
+
+    #[test]
+    fn reads_use_the_plain_aws_variables_only() {
+        let cfg = select(Role::Input, &two_secrets(&[])).unwrap();
+        assert_eq!(
+            cfg,
+            S3Config {
+                endpoint: Some("http://datasets.example:9000".into()),
+                region: "eu-west-1".into(),
+                access_key: Some("AKIDDATASET".into()),
+                secret_key: Some("dataset-secret".into()),
+                session_token: Some("dataset-token".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn writes_use_the_output_set_without_borrowing_the_dataset_token() {
+        let cfg = select(Role::Output, &two_secrets(&[])).unwrap();
+        assert_eq!(
+            cfg,
+            S3Config {
+                endpoint: Some("http://models.example:9000".into()),
+                region: "us-west-2".into(),
+                access_key: Some("AKIDOUTPUT".into()),
+                secret_key: Some("output-secret".into()),
+                session_token: None,
+            }
+        );
+        let with_token = two_secrets(&[("MLOPS_OUTPUT_AWS_SESSION_TOKEN", "output-token")]);
+        assert_eq!(select(Role::Output, &with_token).unwrap().session_token.as_deref(), Some("output-token"));
+    }
+
+    #[test]
+    fn writes_fall_back_to_the_plain_variables() {
+        // One Secret for both: the operator sets no MLOPS_OUTPUT_* then.
+        let mut env = two_secrets(&[]);
+        env.retain(|k, _| !k.starts_with(OUTPUT_PREFIX));
+        assert_eq!(select(Role::Output, &env).unwrap(), select(Role::Input, &env).unwrap());
+        // Empty values count as unset.
+        env.insert("MLOPS_OUTPUT_AWS_ACCESS_KEY_ID".into(), String::new());
+        env.insert("MLOPS_OUTPUT_AWS_SECRET_ACCESS_KEY".into(), String::new());
+        assert_eq!(select(Role::Output, &env).unwrap(), select(Role::Input, &env).unwrap());
+
+        // Output keys without their own region or endpoint: those come from AWS_* each.
+        let mut env = two_secrets(&[]);
+        env.remove("MLOPS_OUTPUT_AWS_REGION");
+        env.remove("MLOPS_OUTPUT_AWS_ENDPOINT_URL");
+        let cfg = select(Role::Output, &env).unwrap();
+        assert_eq!(cfg.access_key.as_deref(), Some("AKIDOUTPUT"));
+        assert_eq!(cfg.region, "eu-west-1");
+        assert_eq!(cfg.endpoint.as_deref(), Some("http://datasets.example:9000"));
+
+        let cfg = select(Role::Output, &HashMap::new()).unwrap();
+        assert_eq!((cfg.region.as_str(), cfg.access_key, cfg.endpoint), ("us-east-1", None, None));
+    }
+
+    #[test]
+    fn output_specific_names_win_over_every_plain_one() {
+        let env = two_secrets(&[
+            ("AWS_ENDPOINT_URL_S3", "http://s3-specific.example"),
+            ("MLOPS_OUTPUT_AWS_ENDPOINT_URL_S3", "http://models-s3.example"),
+            ("AWS_DEFAULT_REGION", "ap-south-1"),
+        ]);
+        assert_eq!(
+            select(Role::Input, &env).unwrap().endpoint.as_deref(),
+            Some("http://s3-specific.example")
+        );
+        let out = select(Role::Output, &env).unwrap();
+        assert_eq!(out.endpoint.as_deref(), Some("http://models-s3.example"));
+        assert_eq!(out.region, "us-west-2");
+        let mut env = env;
+        env.remove("MLOPS_OUTPUT_AWS_ENDPOINT_URL_S3");
+        assert_eq!(
+            select(Role::Output, &env).unwrap().endpoint.as_deref(),
+            Some("http://models.example:9000")
+        );
+    }
+
+    #[test]
+    fn a_half_set_output_pair_is_refused_without_echoing_values() {
+        for missing in ["MLOPS_OUTPUT_AWS_ACCESS_KEY_ID", "MLOPS_OUTPUT_AWS_SECRET_ACCESS_KEY"] {
+            let mut env = two_secrets(&[]);
+            env.remove(missing);
+            let msg = select(Role::Output, &env).unwrap_err().to_string();
+            assert!(msg.contains("MLOPS_OUTPUT_AWS_SECRET_ACCESS_KEY"), "{msg}");
+            assert!(!msg.contains("AKIDOUTPUT") && !msg.contains("output-secret"), "{msg}");
+            // Reads do not care.
+            assert!(select(Role::Input, &env).is_ok());
+        }
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let shown = format!("{:?}", select(Role::Input, &two_secrets(&[])).unwrap());
+        assert!(!shown.contains("dataset-secret") && !shown.contains("dataset-token"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+    }
 
     #[test]
     fn hmac_matches_rfc_4231_case_2() {
@@ -260,7 +433,7 @@ mod tests {
     }
 
     /// Serves one request on loopback and hands back its head and body.
-    fn one_shot_server(
+    pub(in crate::storage) fn one_shot_server(
         status: &'static str,
         body: &'static [u8],
     ) -> (String, std::thread::JoinHandle<(String, Vec<u8>)>) {
