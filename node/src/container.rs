@@ -109,8 +109,9 @@ pub(crate) async fn run_container(
                 continue;
             }
         };
-        let env = match container_env(&ctx, &c).await {
-            Ok(env) => env,
+        let prepared = container_env(&ctx, &c).await.and_then(|env| Ok((env, working_dir(&c, &ctx.dir)?)));
+        let (env, cwd) = match prepared {
+            Ok(prepared) => prepared,
             Err(Waiting { reason, message }) => {
                 if last_failure.as_deref() != Some(message.as_str()) && reason != "ContainerCreating" {
                     record(&ctx, true, "Failed", format!("Error: {message}"));
@@ -147,19 +148,22 @@ pub(crate) async fn run_container(
         if let Err(e) = runlog::write(&log_path, &runs) {
             warn!("recording the run in {}: {e}", log_path.display());
         }
-        let cwd = working_dir(&c, &ctx.dir);
+        let hostname =
+            ctx.pod.spec.as_ref().and_then(|s| s.hostname.clone()).unwrap_or_else(|| ctx.name.clone());
+        let env = process_env(
+            &ctx.ip,
+            &hostname,
+            env,
+            [
+                ("MLOPS_TERMINATION_MESSAGE_PATH", &msg_path),
+                ("MLOPS_POD_DIR", &ctx.dir),
+                (MARKER_VAR, &ctx.agent.state_dir),
+            ],
+        );
         let mut cmd = tokio::process::Command::new(&program);
         cmd.args(&args)
             .current_dir(&cwd)
-            .env("POD_IP", &ctx.ip)
-            .env(
-                "HOSTNAME",
-                ctx.pod.spec.as_ref().and_then(|s| s.hostname.clone()).unwrap_or_else(|| ctx.name.clone()),
-            )
             .envs(env.iter().map(|(k, v)| (k, v)))
-            .env("MLOPS_TERMINATION_MESSAGE_PATH", &msg_path)
-            .env("MLOPS_POD_DIR", &ctx.dir)
-            .env(MARKER_VAR, &ctx.agent.state_dir)
             .stdin(std::process::Stdio::null())
             .kill_on_drop(false);
         match log.and_then(|f| Ok((f.try_clone()?, f))) {
@@ -472,16 +476,40 @@ async fn entrypoint(
     Ok((program, argv))
 }
 
-fn working_dir(c: &Container, pod_dir: &Path) -> PathBuf {
-    match c.working_dir.as_deref() {
-        Some(w) if Path::new(w).is_absolute() && Path::new(w).is_dir() => PathBuf::from(w),
-        Some(w) if !w.is_empty() && !Path::new(w).is_absolute() => {
-            let d = pod_dir.join(w);
-            let _ = std::fs::create_dir_all(&d);
-            d
-        }
-        _ => pod_dir.to_path_buf(),
+/// The container's working directory, created when missing as container runtimes do: an
+/// absolute `workingDir` is that host path, a relative one lies below the pod directory,
+/// none is the pod directory.
+fn working_dir(c: &Container, pod_dir: &Path) -> Result<PathBuf, Waiting> {
+    let dir = match c.working_dir.as_deref() {
+        None | Some("") => return Ok(pod_dir.to_path_buf()),
+        // Joining an absolute path yields that path.
+        Some(w) => pod_dir.join(w),
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| Waiting {
+        reason: "CreateContainerError".into(),
+        message: format!("cannot create working directory {}: {e}", dir.display()),
+    })?;
+    Ok(dir)
+}
+
+/// What a container's processes and its exec probes see on top of the host environment:
+/// `POD_IP` and `HOSTNAME` (the container's own variables may override them), its variables,
+/// then the agent's (`MLOPS_*`, which it may not).
+fn process_env(
+    pod_ip: &str,
+    hostname: &str,
+    container: Vec<(String, String)>,
+    agent: [(&str, &Path); 3],
+) -> Vec<(String, String)> {
+    let mut env =
+        vec![("POD_IP".to_owned(), pod_ip.to_owned()), ("HOSTNAME".to_owned(), hostname.to_owned())];
+    env.retain(|(k, _)| !container.iter().any(|(n, _)| n == k));
+    env.extend(container);
+    for (k, v) in agent {
+        env.retain(|(n, _)| n != k);
+        env.push((k.to_owned(), v.display().to_string()));
     }
+    env
 }
 
 /// The termination message: the file's first 4 KiB, or with `FallbackToLogsOnError` and
@@ -666,5 +694,53 @@ mod tests {
         let unchanged = modified(&custom);
         assert_eq!(termination_message(&c, &msg, &log, 0, 0, unchanged), None);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn working_dir_is_created_or_the_container_fails() {
+        let dir = std::env::temp_dir().join(format!("mlops-node-cwd-{}", std::process::id()));
+        let pod_dir = dir.join("pod");
+        std::fs::create_dir_all(&pod_dir).unwrap();
+        let with = |w: Option<String>| -> Container {
+            serde_json::from_value(serde_json::json!({"name": "c", "workingDir": w})).unwrap()
+        };
+        assert_eq!(working_dir(&with(None), &pod_dir).ok(), Some(pod_dir.clone()));
+        assert_eq!(working_dir(&with(Some("rel/sub".into())), &pod_dir).ok(), Some(pod_dir.join("rel/sub")));
+        let absolute = dir.join("abs/work");
+        assert_eq!(
+            working_dir(&with(Some(absolute.display().to_string())), &pod_dir).ok(),
+            Some(absolute.clone())
+        );
+        assert!(absolute.is_dir());
+        // A folder that cannot be made (here: below a file) keeps the container waiting.
+        std::fs::write(dir.join("file"), "").unwrap();
+        let Err(w) = working_dir(&with(Some(dir.join("file/sub").display().to_string())), &pod_dir) else {
+            panic!("a working directory below a file was accepted");
+        };
+        assert_eq!(w.reason, "CreateContainerError");
+        assert!(w.message.contains("file/sub"), "{}", w.message);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn processes_and_probes_get_the_agent_variables() {
+        let container =
+            vec![("HOSTNAME".to_owned(), "mine".to_owned()), ("MLOPS_POD_DIR".to_owned(), "x".to_owned())];
+        let env = process_env(
+            "127.1.0.3",
+            "pod",
+            container,
+            [
+                ("MLOPS_TERMINATION_MESSAGE_PATH", Path::new("/p/c.termination-log")),
+                ("MLOPS_POD_DIR", Path::new("/p")),
+                (MARKER_VAR, Path::new("/state")),
+            ],
+        );
+        let get = |k: &str| env.iter().filter(|(n, _)| n == k).map(|(_, v)| v.as_str()).collect::<Vec<_>>();
+        assert_eq!(get("POD_IP"), ["127.1.0.3"]);
+        assert_eq!(get("HOSTNAME"), ["mine"]);
+        assert_eq!(get("MLOPS_POD_DIR"), ["/p"]);
+        assert_eq!(get("MLOPS_TERMINATION_MESSAGE_PATH"), ["/p/c.termination-log"]);
+        assert_eq!(get(MARKER_VAR), ["/state"]);
     }
 }
