@@ -1,14 +1,20 @@
-//! Readiness, liveness and startup probes: httpGet, tcpSocket and exec (gRPC probes are
-//! approximated by a TCP connect).
+//! Readiness, liveness and startup probes: httpGet (HTTP or HTTPS), tcpSocket and exec
+//! (gRPC probes are approximated by a TCP connect).
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::{
     api::core::v1::{Container, Probe},
     apimachinery::pkg::util::intstr::IntOrString,
 };
+use rustls::{
+    DigitallySignedStruct, SignatureScheme,
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature},
+};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
 };
 
@@ -100,7 +106,8 @@ pub async fn run_once(p: &Probe, target: &Target) -> Result<(), String> {
             let path = h.path.clone().unwrap_or_else(|| "/".into());
             let headers: Vec<(String, String)> =
                 h.http_headers.iter().flatten().map(|hd| (hd.name.clone(), hd.value.clone())).collect();
-            http_get(&host, port, &path, &headers).await
+            let https = h.scheme.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("HTTPS"));
+            http_get(https, &host, port, &path, &headers).await
         } else if let Some(tcp) = &p.tcp_socket {
             let host = tcp.host.clone().unwrap_or_else(|| target.pod_ip.clone());
             let port = port_of(&target.container, &tcp.port)?;
@@ -142,10 +149,35 @@ pub async fn run_once(p: &Probe, target: &Target) -> Result<(), String> {
     }
 }
 
-async fn http_get(host: &str, port: u16, path: &str, headers: &[(String, String)]) -> Result<(), String> {
-    let mut s = TcpStream::connect((host, port))
+/// One GET, as the kubelet sends it: success is a status from 200 to 399. Over HTTPS the
+/// server's certificate is not verified (the kubelet does not verify it either).
+async fn http_get(
+    https: bool,
+    host: &str,
+    port: u16,
+    path: &str,
+    headers: &[(String, String)],
+) -> Result<(), String> {
+    let url = format!("{}://{host}:{port}{path}", if https { "https" } else { "http" });
+    let tcp = TcpStream::connect((host, port)).await.map_err(|e| format!("Get \"{url}\": {e}"))?;
+    if !https {
+        return exchange(tcp, host, port, path, headers).await;
+    }
+    let name = ServerName::try_from(host.to_owned()).map_err(|e| format!("Get \"{url}\": {e}"))?;
+    let tls = tokio_rustls::TlsConnector::from(tls_config()?)
+        .connect(name, tcp)
         .await
-        .map_err(|e| format!("Get \"http://{host}:{port}{path}\": {e}"))?;
+        .map_err(|e| format!("Get \"{url}\": {e}"))?;
+    exchange(tls, host, port, path, headers).await
+}
+
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    host: &str,
+    port: u16,
+    path: &str,
+    headers: &[(String, String)],
+) -> Result<(), String> {
     let mut req = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.34\r\nAccept: */*\r\nConnection: close\r\n"
     );
@@ -176,6 +208,57 @@ async fn http_get(host: &str, port: u16, path: &str, headers: &[(String, String)
         Ok(())
     } else {
         Err(format!("HTTP probe failed with statuscode: {code}"))
+    }
+}
+
+fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Accepts whatever certificate the server shows (probes do not verify certificates), but
+/// still checks the handshake signatures against it.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -221,7 +304,52 @@ mod tests {
                     s.write_all(format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n").as_bytes()).await;
             }
         });
-        assert_eq!(http_get("127.0.0.1", port, "/", &[]).await, Ok(()));
-        assert!(http_get("127.0.0.1", port, "/", &[]).await.unwrap_err().contains("503"));
+        assert_eq!(http_get(false, "127.0.0.1", port, "/", &[]).await, Ok(()));
+        assert!(http_get(false, "127.0.0.1", port, "/", &[]).await.unwrap_err().contains("503"));
+    }
+
+    #[tokio::test]
+    async fn https_probe_accepts_a_self_signed_certificate() {
+        use rustls_pki_types::{PrivateKeyDer, pem::PemObject};
+        // A throwaway self-signed certificate, made here so no key lives in the repository.
+        let dir = std::env::temp_dir().join(format!("mlops-node-https-probe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let made = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+            .args(["-days", "1", "-subj", "/CN=probe-test"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("openssl (hack/ensure-deps.sh installs it)");
+        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+        let certs = CertificateDer::pem_file_iter(&cert).unwrap().collect::<Result<Vec<_>, _>>().unwrap();
+        let key = PrivateKeyDer::from_pem_file(&key).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            for code in [204, 500] {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let mut s = acceptor.accept(tcp).await.unwrap();
+                let mut b = [0u8; 1024];
+                let _ = s.read(&mut b).await;
+                let _ =
+                    s.write_all(format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n").as_bytes()).await;
+                let _ = s.shutdown().await;
+            }
+        });
+        assert_eq!(http_get(true, "127.0.0.1", port, "/healthz", &[]).await, Ok(()));
+        assert!(http_get(true, "127.0.0.1", port, "/healthz", &[]).await.unwrap_err().contains("500"));
     }
 }
