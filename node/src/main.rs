@@ -89,6 +89,9 @@ struct Args {
     /// Private key (PEM) for the kubelet endpoint.
     #[arg(long, requires = "kubelet_cert")]
     kubelet_key: Option<PathBuf>,
+    /// Internal: run as the agent's watchdog for this marker (see `process::start_watchdog`).
+    #[arg(long, hide = true)]
+    watchdog: Option<String>,
 }
 
 /// Where the pod address cursor starts: a different place per agent start (in steps of
@@ -109,6 +112,13 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     let args = Args::parse();
+    if let Some(marker) = &args.watchdog {
+        let killed = process::watchdog(std::io::stdin(), marker);
+        if killed > 0 {
+            warn!(killed, "the node agent is gone: killed the processes it left behind");
+        }
+        return Ok(());
+    }
     if !args.address.starts_with("127.") {
         anyhow::bail!("--address must be a loopback address, got {}", args.address);
     }
@@ -134,6 +144,8 @@ async fn main() -> anyhow::Result<()> {
     if leftovers > 0 {
         warn!(leftovers, "killed processes left behind by an earlier agent");
     }
+    // Held until this process ends; its closing tells the watchdog to clean up.
+    let _watchdog = process::start_watchdog(&marker)?;
     let services_dir = std::path::absolute(&args.services_dir)?;
 
     let kubelet_port = match (&args.kubelet_cert, &args.kubelet_key, args.kubelet_port) {
