@@ -105,8 +105,10 @@ KC
 
 up() {
   if [[ -f $state/ports ]] && readyz; then
-    # A cluster from before the node agent existed (or whose agent died) gets one.
+    # A cluster from before the node agent existed (or whose agent or Prometheus died) gets
+    # them back; hack/prometheus.sh up does nothing when Prometheus is up.
     [[ -f $state/pids/mlops-node ]] && kill -0 "$(cat "$state/pids/mlops-node")" 2>/dev/null || node_up
+    "$root/hack/prometheus.sh" up || log "Prometheus did not start: tests that query it will fail (hack/ensure-deps.sh installs it)"
     log "already running (kubeconfig: .dev/kubeconfig)"; return 0; fi
   [[ -d $state ]] && { log "removing a stale cluster"; down_quiet; }
   "$root/hack/build-tools.sh"
@@ -153,7 +155,7 @@ up() {
     --leader-elect=false --bind-address 127.0.0.1 --secure-port "$SCHED_PORT" \
     --kube-api-qps 200 --kube-api-burst 400
   # KWOK plays the kubelet for nodes annotated kwok.x-k8s.io/node=fake (scale tests and
-  # the control-plane proofs); pods on the local node really run (hack/node.sh).
+  # the control-plane proofs); pods on the local node really run (mlops-node, see node_up).
   kwok_stages >"$state/kwok.yaml"
   start kwok kwok --kubeconfig "$kubeconfig" --config "$state/kwok.yaml" --manage-all-nodes=false \
     --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \

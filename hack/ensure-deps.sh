@@ -14,10 +14,15 @@ if ((${#missing[@]})); then
   echo "[deps] installing ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
-  # Debian's prometheus package starts a system service; we run our own, so stop it again.
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  if command -v systemctl >/dev/null; then systemctl disable --now prometheus 2>/dev/null || true; fi
-  pkill -x prometheus 2>/dev/null || true
+  # Debian's prometheus package starts its system service (the systemd unit, or without
+  # systemd its init script); we run our own, so stop that service again, and only it.
+  if [[ -d /run/systemd/system ]]; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
+  elif [[ -x /etc/init.d/prometheus ]]; then
+    # Stops the pid in /run/prometheus/prometheus.pid, nothing else.
+    /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+  fi
 fi
 for tool in go cargo python3; do
   command -v "$tool" >/dev/null || { echo "[deps] $tool is required but not installed" >&2; exit 1; }
