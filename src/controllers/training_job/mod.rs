@@ -29,7 +29,7 @@ use kube::{
 use tracing::{info, instrument};
 
 use self::{
-    status::{Observed, PodOutcome},
+    status::{Observed, PodOutcome, Refusal},
     triggers::Reading,
 };
 use super::{Context, Error, Result, apply, apply_status};
@@ -148,9 +148,10 @@ async fn reconcile(tj: Arc<TrainingJob>, ctx: Arc<Context>) -> Result<Action> {
         }
         None => None,
     };
-    let observed = Observed { jobs, pods, now: Some(Time(now)), readings, latest_version };
-    let plan =
-        status::plan(&tj, &observed, |run| desired::desired_job(&tj, run).err().map(|e| e.to_string()));
+    let mut observed =
+        Observed { jobs, pods, now: Some(Time(now)), readings, latest_version, ..Observed::default() };
+    let spec_check = |run: &desired::RunRef| desired::desired_job(&tj, run).err().map(|e| e.to_string());
+    let mut plan = status::plan(&tj, &observed, spec_check);
 
     if let Some(run) = &plan.start_run {
         if let Some(svc) = desired::desired_service(&tj, run) {
@@ -163,16 +164,12 @@ async fn reconcile(tj: Arc<TrainingJob>, ctx: Arc<Context>) -> Result<Action> {
         }
     }
     let versions: Api<ModelVersion> = Api::namespaced(ctx.client.clone(), &ns);
-    for mv in &plan.create_versions {
-        match versions
-            .create(&PostParams { field_manager: Some(api::FIELD_MANAGER.into()), ..Default::default() }, mv)
-            .await
-        {
-            // The name is deterministic: a retried reconcile finds the one it made before.
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => return Err(Error::Kube(e)),
-        }
+    let refused = create_versions(&versions, &tj, &plan.create_versions).await?;
+    if !refused.is_empty() {
+        // Those runs fail instead of succeeding. The plan is pure and `now` is the same, so
+        // planning again changes only them (the run started above is the same run).
+        observed.refused_versions = refused;
+        plan = status::plan(&tj, &observed, spec_check);
     }
     for (job, suspend) in &plan.set_suspend {
         let patch = serde_json::json!({"spec": {"suspend": suspend}});
@@ -197,6 +194,39 @@ async fn reconcile(tj: Arc<TrainingJob>, ctx: Arc<Context>) -> Result<Action> {
     let active = !plan.status.active_runs.is_empty();
     let safety_net = Duration::from_secs(if active { 30 } else { 600 });
     Ok(Action::requeue(plan.requeue_after.map_or(safety_net, |t| t.min(safety_net))))
+}
+
+/// Creates the runs' ModelVersions and returns the ones the API server would not take, by
+/// name, with why: their runs fail (with a Warning Event) rather than retry forever.
+async fn create_versions(
+    api: &Api<ModelVersion>,
+    tj: &TrainingJob,
+    versions: &[ModelVersion],
+) -> Result<BTreeMap<String, Refusal>> {
+    let params = PostParams { field_manager: Some(api::FIELD_MANAGER.into()), ..Default::default() };
+    let mut refused = BTreeMap::new();
+    for mv in versions {
+        let name = mv.name_any();
+        match api.create(&params, mv).await {
+            Ok(_) => {}
+            // The name is deterministic: a retried reconcile finds the one it made before. A
+            // version imported under that name is someone else's and is left alone.
+            Err(kube::Error::Api(s)) if s.code == 409 => match api.get_opt(&name).await? {
+                Some(existing) if status::made_by(&existing, tj, &name) => {}
+                Some(existing) => {
+                    refused.insert(name.clone(), Refusal::name_taken(&existing, tj, &name));
+                }
+                // Deleted since the conflict: the retry creates it.
+                None => return Err(Error::Kube(kube::Error::Api(s))),
+            },
+            // Invalid: result::parse checks the schema's bounds, this is the safety net.
+            Err(kube::Error::Api(s)) if s.code == 422 => {
+                refused.insert(name.clone(), Refusal::rejected(&name, &s.message));
+            }
+            Err(e) => return Err(Error::Kube(e)),
+        }
+    }
+    Ok(refused)
 }
 
 fn record_metrics(ctx: &Context, tj: &TrainingJob, ns: &str, plan: &status::Plan) {

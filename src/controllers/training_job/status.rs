@@ -47,6 +47,73 @@ pub struct Observed {
     pub readings: Readings,
     /// The `Validated` verdict of `status.latestModelVersion`, once it has one.
     pub latest_version: Option<Verdict>,
+    /// ModelVersions the API server would not take, by name, learnt on creating them: the
+    /// shell plans again with these, and their runs fail instead of succeeding.
+    pub refused_versions: BTreeMap<String, Refusal>,
+}
+
+/// Run failure reason: the API server refused the run's ModelVersion (422), a bound the
+/// result checks do not know of.
+pub const REASON_VERSION_REJECTED: &str = "ModelVersionRejected";
+/// Run failure reason: a ModelVersion with the run's name exists and is not the run's.
+pub const REASON_VERSION_NAME_TAKEN: &str = "ModelVersionNameTaken";
+/// Condition reason and Event reason of a spec only the controller can find wrong.
+pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
+
+/// Why a run's ModelVersion could not be created; the run fails with it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Refusal {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Refusal {
+    /// The API server answered 422 (Invalid); its message is kept, cut short.
+    pub fn rejected(name: &str, api_message: &str) -> Self {
+        Refusal {
+            reason: REASON_VERSION_REJECTED,
+            message: crate::controllers::truncate(
+                format!("the API server refused ModelVersion {name}: {api_message}"),
+                512,
+            ),
+        }
+    }
+
+    /// `existing` holds the run's name but was not made by it (see [`made_by`]): an
+    /// imported version, or one of another TrainingJob.
+    pub fn name_taken(existing: &ModelVersion, tj: &TrainingJob, run: &str) -> Self {
+        let lineage = existing.spec.lineage.as_ref();
+        let origin =
+            match (lineage.and_then(|l| l.training_job.as_deref()), lineage.and_then(|l| l.run.as_deref())) {
+                (Some(t), Some(r)) => format!("its lineage names run {r} of TrainingJob {t}"),
+                (Some(t), None) => format!("its lineage names TrainingJob {t}"),
+                _ => "it has no lineage: an imported version".to_string(),
+            };
+        Refusal {
+            reason: REASON_VERSION_NAME_TAKEN,
+            message: format!(
+                "ModelVersion {run} already exists and was not made by run {run} of TrainingJob {} \
+                 ({origin}); it is left alone. Set the {} annotation to train again: the next run \
+                 has a new name",
+                tj.name_any(),
+                api::ANNOTATION_RETRY
+            ),
+        }
+    }
+}
+
+/// Whether `mv` is the version run `run` of `tj` made (a retried reconcile finds it after
+/// a 409): its `mlops.dev/run` and `mlops.dev/training-job` labels, its owner, or its
+/// lineage name them.
+pub fn made_by(mv: &ModelVersion, tj: &TrainingJob, run: &str) -> bool {
+    let labels = mv.labels();
+    let by_labels = labels.get(api::LABEL_RUN).is_some_and(|r| r == run)
+        && labels.get(api::LABEL_TRAINING_JOB).is_some_and(|t| *t == tj.name_any());
+    let by_owner = tj.uid().is_some_and(|uid| mv.owner_references().iter().any(|o| o.uid == uid));
+    let by_lineage = mv.spec.lineage.as_ref().is_some_and(|l| {
+        l.run.as_deref() == Some(run) && l.training_job.as_deref() == Some(tj.name_any().as_str())
+    });
+    by_labels || by_owner || by_lineage
 }
 
 /// A produced ModelVersion's `Validated` condition.
@@ -139,7 +206,7 @@ pub fn plan(tj: &TrainingJob, observed: &Observed, spec_check: impl Fn(&RunRef) 
                 "the run's Job was deleted before it finished",
                 &now,
             ),
-            Some(job) => follow(run, job, observed.pods.get(&run.job_name), &now, &mut plan, tj),
+            Some(job) => follow(run, job, observed, &now, &mut plan, tj),
         }
         if run.outcome != before && run.outcome.is_finished() {
             plan.finished_runs.push(run.clone());
@@ -314,9 +381,14 @@ pub fn plan(tj: &TrainingJob, observed: &Observed, spec_check: impl Fn(&RunRef) 
         .collect::<Vec<_>>()
         .join(", ");
     if let Some(err) = &plan.spec_error {
-        set(cond::STALLED, cond::STATUS_TRUE, "InvalidSpec", err.clone());
-        set(cond::RECONCILING, cond::STATUS_FALSE, "InvalidSpec", "waiting for the spec to be fixed".into());
-        set(cond::READY, cond::STATUS_FALSE, "InvalidSpec", err.clone());
+        set(cond::STALLED, cond::STATUS_TRUE, REASON_INVALID_SPEC, err.clone());
+        set(
+            cond::RECONCILING,
+            cond::STATUS_FALSE,
+            REASON_INVALID_SPEC,
+            "waiting for the spec to be fixed".into(),
+        );
+        set(cond::READY, cond::STATUS_FALSE, REASON_INVALID_SPEC, err.clone());
     } else if !status.active_runs.is_empty() || waiting_for_slot {
         let msg = if waiting_for_slot && status.active_runs.is_empty() {
             "a new run is waiting".to_string()
@@ -383,15 +455,22 @@ fn finish(run: &mut RunRecord, outcome: RunOutcome, reason: &str, message: impl 
 fn follow(
     run: &mut RunRecord,
     job: &Job,
-    pod: Option<&PodOutcome>,
+    observed: &Observed,
     now: &Time,
     plan: &mut Plan,
     tj: &TrainingJob,
 ) {
+    let pod = observed.pods.get(&run.job_name);
     if job_condition(job, "Complete").is_some() {
         match result::parse(pod.and_then(|p| p.message.as_deref())) {
             Ok(res) => {
                 let mv = model_version(tj, run, job, &res, pod, now);
+                if let Some(refusal) =
+                    mv.metadata.name.as_ref().and_then(|n| observed.refused_versions.get(n))
+                {
+                    finish(run, RunOutcome::Failed, refusal.reason, refusal.message.clone(), now);
+                    return;
+                }
                 run.model_version = mv.metadata.name.clone();
                 finish(run, RunOutcome::Succeeded, "", "", now);
                 plan.events.push(EventNote {
@@ -738,5 +817,153 @@ mod tests {
         assert_eq!(run.trigger.schedule_time, Some(at(600)));
         let t = p.status.triggers.unwrap();
         assert_eq!((t.last_schedule_time, t.next_schedule_time), (Some(at(600)), Some(at(1200))));
+    }
+
+    /// A TrainingJob without retrain triggers.
+    fn plain() -> TrainingJob {
+        let mut t = tj(Retrain::default());
+        t.spec.retrain = None;
+        t
+    }
+
+    fn condition<'a>(p: &'a Plan, type_: &str) -> &'a api::conditions::Condition {
+        p.status.conditions.iter().find(|c| c.type_ == type_).unwrap_or_else(|| panic!("no {type_}"))
+    }
+
+    /// A finished Job of `run`: `Complete`, or `Failed` with the Job controller's reason.
+    fn finished(tj: &TrainingJob, run: &RunRef, failed: Option<(&str, &str)>) -> Job {
+        let mut j = job(tj, run, None);
+        j.status = Some(JobStatus {
+            active: Some(0),
+            start_time: Some(at(1)),
+            completion_time: failed.is_none().then(|| at(50)),
+            conditions: Some(vec![JobCondition {
+                type_: if failed.is_some() { "Failed" } else { "Complete" }.into(),
+                status: "True".into(),
+                reason: failed.map(|f| f.0.to_string()),
+                message: failed.map(|f| f.1.to_string()),
+                ..JobCondition::default()
+            }]),
+            ..JobStatus::default()
+        });
+        j
+    }
+
+    /// Starts the first run of `tj` and returns it with the Jobs seen.
+    fn first_run(tj: &mut TrainingJob) -> (RunRef, BTreeMap<String, Job>) {
+        let mut jobs = BTreeMap::new();
+        let run = reconcile(tj, &mut jobs, Readings::default(), at(0)).start_run.unwrap();
+        (run, jobs)
+    }
+
+    fn observed(jobs: BTreeMap<String, Job>, pods: Vec<(&str, PodOutcome)>, now: Time) -> Observed {
+        let pods = pods.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        Observed { jobs, pods, now: Some(now), ..Observed::default() }
+    }
+
+    const RESULT: &str =
+        r#"{"version":1,"metrics":{"accuracy":0.9},"artifact":{"uri":"file:///out/iris-r1/m.json"}}"#;
+
+    #[test]
+    fn a_version_the_api_server_refuses_fails_its_run_instead_of_retrying() {
+        let mut tj = plain();
+        let (run, mut jobs) = first_run(&mut tj);
+        jobs.insert(run.name.clone(), finished(&tj, &run, None));
+        let pods = vec![("iris-r1", PodOutcome { message: Some(RESULT.into()), ..PodOutcome::default() })];
+        let mut seen = observed(jobs, pods, at(60));
+        assert_eq!(plan(&tj, &seen, |_| None).create_versions.len(), 1);
+
+        let api_message = format!("ModelVersion.mlops.dev \"iris-r1\" is invalid: {}", "x".repeat(2000));
+        seen.refused_versions =
+            BTreeMap::from([("iris-r1".to_string(), Refusal::rejected("iris-r1", &api_message))]);
+        let p = plan(&tj, &seen, |_| None);
+        assert!(p.create_versions.is_empty() && p.start_run.is_none());
+        let r = &p.status.runs[0];
+        assert_eq!((r.outcome, r.reason.as_deref()), (RunOutcome::Failed, Some(REASON_VERSION_REJECTED)));
+        assert!(
+            r.message
+                .as_deref()
+                .unwrap()
+                .starts_with("the API server refused ModelVersion iris-r1: ModelVersion.mlops.dev")
+        );
+        let message = r.message.as_deref().unwrap();
+        assert!(message.ends_with('…') && message.len() <= 512 + '…'.len_utf8(), "cut short");
+        assert_eq!((r.model_version.clone(), p.status.latest_model_version.clone()), (None, None));
+        assert_eq!(p.finished_runs[0].outcome, RunOutcome::Failed);
+        let reasons: Vec<_> = p.events.iter().map(|e| (e.reason, e.warning)).collect();
+        assert_eq!(reasons, vec![("RunFailed", true)]);
+        assert!(p.events[0].note.contains(REASON_VERSION_REJECTED));
+        assert_eq!(condition(&p, cond::STALLED).reason, REASON_VERSION_REJECTED);
+    }
+
+    #[test]
+    fn a_version_name_taken_by_an_import_fails_the_run_and_names_the_clash() {
+        let mut tj = plain();
+        let (run, mut jobs) = first_run(&mut tj);
+        jobs.insert(run.name.clone(), finished(&tj, &run, None));
+        let pods = vec![("iris-r1", PodOutcome { message: Some(RESULT.into()), ..PodOutcome::default() })];
+        let mut seen = observed(jobs, pods, at(60));
+        let ours = plan(&tj, &seen, |_| None).create_versions[0].clone();
+        assert!(made_by(&ours, &tj, "iris-r1"), "what this run makes is its own");
+
+        let imported: ModelVersion = serde_json::from_value(serde_json::json!({
+            "apiVersion": "mlops.dev/v1alpha1", "kind": "ModelVersion",
+            "metadata": {"name": "iris-r1", "namespace": "ml"},
+            "spec": {"model": "iris", "artifact": {"uri": "s3://elsewhere/m"}},
+        }))
+        .unwrap();
+        assert!(!made_by(&imported, &tj, "iris-r1"));
+        seen.refused_versions =
+            BTreeMap::from([("iris-r1".to_string(), Refusal::name_taken(&imported, &tj, "iris-r1"))]);
+        let p = plan(&tj, &seen, |_| None);
+        let r = &p.status.runs[0];
+        assert_eq!((r.outcome, r.reason.as_deref()), (RunOutcome::Failed, Some(REASON_VERSION_NAME_TAKEN)));
+        let ev = p.events.iter().find(|e| e.warning && e.reason == "RunFailed").unwrap();
+        for words in [
+            "ModelVersion iris-r1 already exists",
+            "not made by run iris-r1 of TrainingJob iris",
+            "imported",
+            api::ANNOTATION_RETRY,
+        ] {
+            assert!(ev.note.contains(words), "{words}: {}", ev.note);
+        }
+        assert!(p.create_versions.is_empty());
+        assert_eq!(p.status.latest_model_version, None);
+    }
+
+    #[test]
+    fn a_version_is_ours_by_its_labels_owner_or_lineage() {
+        let tj = plain();
+        let mv = |labels: serde_json::Value,
+                  owners: serde_json::Value,
+                  lineage: serde_json::Value|
+         -> ModelVersion {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "mlops.dev/v1alpha1", "kind": "ModelVersion",
+                "metadata": {"name": "iris-r1", "labels": labels, "ownerReferences": owners},
+                "spec": {"model": "iris", "artifact": {"uri": "s3://b/k"}, "lineage": lineage},
+            }))
+            .unwrap()
+        };
+        let none = serde_json::json!({});
+        let owner = |uid: &str| serde_json::json!([{"apiVersion": "mlops.dev/v1alpha1", "kind": "TrainingJob", "name": "iris", "uid": uid}]);
+        let labels =
+            |tj: &str, run: &str| serde_json::json!({api::LABEL_TRAINING_JOB: tj, api::LABEL_RUN: run});
+        let lineage = |tj: &str, run: &str| serde_json::json!({"trainingJob": tj, "run": run});
+        assert!(made_by(&mv(labels("iris", "iris-r1"), owner("other"), none.clone()), &tj, "iris-r1"));
+        assert!(made_by(&mv(none.clone(), owner("u1"), none.clone()), &tj, "iris-r1"));
+        assert!(made_by(
+            &mv(none.clone(), serde_json::json!([]), lineage("iris", "iris-r1")),
+            &tj,
+            "iris-r1"
+        ));
+        for (l, o, g) in [
+            (labels("iris", "iris-r2"), owner("other"), lineage("iris", "iris-r2")),
+            (labels("other", "iris-r1"), serde_json::json!([]), lineage("other", "iris-r1")),
+            (serde_json::json!({api::LABEL_RUN: "iris-r1"}), serde_json::json!([]), none.clone()),
+            (none.clone(), serde_json::json!([]), none.clone()),
+        ] {
+            assert!(!made_by(&mv(l.clone(), o, g.clone()), &tj, "iris-r1"), "{l} {g}");
+        }
     }
 }
