@@ -366,6 +366,15 @@ pub fn plan(tj: &TrainingJob, observed: &Observed, spec_check: impl Fn(&RunRef) 
     // 4. Conditions.
     let g = Some(generation);
     let mut conds = std::mem::take(&mut status.conditions);
+    if let Some(err) = &plan.spec_error {
+        // An Event on the way into this stall (or to another spec error), not each reconcile.
+        let stalled_already = cond::find(&conds, cond::STALLED).is_some_and(|c| {
+            c.status == cond::STATUS_TRUE && c.reason == REASON_INVALID_SPEC && c.message == *err
+        });
+        if !stalled_already {
+            plan.events.push(EventNote { warning: true, reason: REASON_INVALID_SPEC, note: err.clone() });
+        }
+    }
     let mut set = |type_: &str, value: &str, reason: &str, message: String| {
         set_condition(&mut conds, new_condition(type_, value, reason, message, g, now.clone()), now.clone());
     };
@@ -964,6 +973,42 @@ mod tests {
             (none.clone(), serde_json::json!([]), none.clone()),
         ] {
             assert!(!made_by(&mv(l.clone(), o, g.clone()), &tj, "iris-r1"), "{l} {g}");
+        }
+    }
+
+    #[test]
+    fn an_invalid_spec_is_an_event_on_the_transition_only() {
+        let mut tj = tj(Retrain {
+            schedule: Some("0 3 * * *".into()),
+            time_zone: Some("Mars/Olympus".into()),
+            ..Retrain::default()
+        });
+        let mut jobs = BTreeMap::new();
+        let invalid = |p: &Plan| {
+            p.events.iter().filter(|e| e.reason == REASON_INVALID_SPEC).cloned().collect::<Vec<_>>()
+        };
+        let p = reconcile(&mut tj, &mut jobs, Readings::default(), at(0));
+        let events = invalid(&p);
+        assert_eq!(events.len(), 1);
+        assert!(events[0].warning && events[0].note.contains("Mars/Olympus"), "{events:?}");
+        for t in [30, 60, 600] {
+            assert!(invalid(&reconcile(&mut tj, &mut jobs, Readings::default(), at(t))).is_empty());
+        }
+        // Another spec error is another transition.
+        tj.spec.retrain.as_mut().unwrap().time_zone = Some("Venus/Maxwell".into());
+        let events = invalid(&reconcile(&mut tj, &mut jobs, Readings::default(), at(700)));
+        assert_eq!(events.len(), 1);
+        assert!(events[0].note.contains("Venus/Maxwell"));
+
+        // A spec the Job builder refuses: once, however often it is seen.
+        let mut tj = plain();
+        for t in [0, 30, 60] {
+            let p = plan(&tj, &observed(BTreeMap::new(), vec![], at(t)), |_| {
+                Some("modelVersion.labels: bad".into())
+            });
+            assert!(p.start_run.is_none());
+            assert_eq!(invalid(&p).len(), usize::from(t == 0), "at {t}");
+            tj.status = Some(p.status);
         }
     }
 }
