@@ -874,6 +874,296 @@ mod tests {
         r#"{"version":1,"metrics":{"accuracy":0.9},"artifact":{"uri":"file:///out/iris-r1/m.json"}}"#;
 
     #[test]
+    fn a_failed_run_records_the_exit_code_and_the_trainers_message() {
+        let mut tj = plain();
+        let (run, mut jobs) = first_run(&mut tj);
+        jobs.insert(
+            run.name.clone(),
+            finished(
+                &tj,
+                &run,
+                Some(("BackoffLimitExceeded", "Job has reached the specified backoff limit")),
+            ),
+        );
+        let pod = PodOutcome {
+            message: Some("bad data: column x is not numeric\n".into()),
+            exit_code: Some(2),
+            reason: Some("Error".into()),
+            image_id: None,
+        };
+        let p = plan(&tj, &observed(jobs.clone(), vec![("iris-r1", pod)], at(10)), |_| None);
+        let r = &p.status.runs[0];
+        assert_eq!((r.outcome, r.exit_code), (RunOutcome::Failed, Some(2)));
+        assert_eq!(r.reason.as_deref(), Some("BackoffLimitExceeded"));
+        assert_eq!(r.message.as_deref(), Some("trainer exited 2: bad data: column x is not numeric"));
+        assert_eq!((r.completion_time.clone(), r.model_version.clone()), (Some(at(10)), None));
+        assert!(p.start_run.is_none() && p.create_versions.is_empty());
+        assert_eq!(p.finished_runs, vec![r.clone()]);
+        assert_eq!(p.status.last_run, Some(RunOutcome::Failed));
+        assert!(p.status.active_runs.is_empty());
+        let ev = p.events.iter().find(|e| e.reason == "RunFailed").unwrap();
+        assert!(ev.warning);
+        assert_eq!(
+            ev.note,
+            "run iris-r1 failed (BackoffLimitExceeded): trainer exited 2: bad data: column x is not numeric"
+        );
+        for (type_, status) in [
+            (cond::FAILED, "True"),
+            (cond::SUCCEEDED, "False"),
+            (cond::READY, "False"),
+            (cond::STALLED, "True"),
+        ] {
+            let c = condition(&p, type_);
+            assert_eq!((c.status.as_str(), c.reason.as_str()), (status, "BackoffLimitExceeded"), "{type_}");
+        }
+        assert_eq!(condition(&p, cond::RECONCILING).status, "False");
+
+        // Killed without a message (OOM): the exit code and the Job's words.
+        let pod =
+            PodOutcome { exit_code: Some(137), reason: Some("OOMKilled".into()), ..PodOutcome::default() };
+        let p = plan(&tj, &observed(jobs, vec![("iris-r1", pod)], at(10)), |_| None);
+        assert_eq!(
+            p.status.runs[0].message.as_deref(),
+            Some("trainer exited 137 (Job has reached the specified backoff limit)")
+        );
+    }
+
+    #[test]
+    fn a_run_past_its_deadline_fails_with_the_jobs_reason() {
+        let mut tj = plain();
+        tj.spec.active_deadline_seconds = Some(60);
+        let (run, mut jobs) = first_run(&mut tj);
+        jobs.insert(
+            run.name.clone(),
+            finished(&tj, &run, Some(("DeadlineExceeded", "Job was active longer than specified deadline"))),
+        );
+        // The killed pod left no terminated state.
+        let p = plan(&tj, &observed(jobs, vec![("iris-r1", PodOutcome::default())], at(70)), |_| None);
+        let r = &p.status.runs[0];
+        assert_eq!((r.outcome, r.reason.as_deref()), (RunOutcome::Failed, Some("DeadlineExceeded")));
+        assert_eq!(r.message.as_deref(), Some("Job was active longer than specified deadline"));
+        assert_eq!(r.exit_code, None);
+        assert_eq!(condition(&p, cond::READY).reason, "DeadlineExceeded");
+    }
+
+    #[test]
+    fn a_finished_runs_job_may_go_and_the_run_is_never_started_again() {
+        for failed in [None, Some(("BackoffLimitExceeded", "backoff"))] {
+            let mut tj = plain();
+            let (run, mut jobs) = first_run(&mut tj);
+            jobs.insert(run.name.clone(), finished(&tj, &run, failed));
+            let p = reconcile_with_pods(&mut tj, &mut jobs, vec![("iris-r1", RESULT)], at(60));
+            let done = p.status.runs[0].clone();
+            assert!(done.outcome.is_finished());
+            // ttlSecondsAfterFinished removes the Job (and its pods).
+            jobs.clear();
+            for t in [120, 600, 3600] {
+                let p = reconcile_with_pods(&mut tj, &mut jobs, vec![], at(t));
+                assert!(p.start_run.is_none(), "{failed:?} at {t}");
+                assert!(p.events.is_empty() && p.finished_runs.is_empty() && p.create_versions.is_empty());
+                assert_eq!(p.status.runs, vec![done.clone()]);
+            }
+        }
+    }
+
+    /// `reconcile` with trainer messages for finished Jobs.
+    fn reconcile_with_pods(
+        tj: &mut TrainingJob,
+        jobs: &mut BTreeMap<String, Job>,
+        messages: Vec<(&str, &str)>,
+        now: Time,
+    ) -> Plan {
+        let pods = messages
+            .into_iter()
+            .map(|(job, m)| {
+                (job, PodOutcome { message: Some(m.into()), exit_code: Some(0), ..PodOutcome::default() })
+            })
+            .collect();
+        let p = plan(tj, &observed(jobs.clone(), pods, now), |_| None);
+        tj.status = Some(p.status.clone());
+        p
+    }
+
+    #[test]
+    fn a_job_deleted_before_it_finished_fails_its_run() {
+        let mut tj = plain();
+        let (_, mut jobs) = first_run(&mut tj);
+        jobs.clear();
+        let p = reconcile_with_pods(&mut tj, &mut jobs, vec![], at(5));
+        let r = &p.status.runs[0];
+        assert_eq!((r.outcome, r.reason.as_deref()), (RunOutcome::Failed, Some("JobDeleted")));
+        assert!(p.start_run.is_none(), "the generation has had its run");
+    }
+
+    #[test]
+    fn the_model_version_records_the_whole_lineage_of_what_ran() {
+        let mut tj = plain();
+        tj.spec.hyperparameters = BTreeMap::from([("algorithm".into(), "linear".into())]);
+        tj.spec.source = Some(api::training_job::Source {
+            repository: "https://git.example/iris".into(),
+            revision: Some("abc123".into()),
+            commit_time: Some(at(-100)),
+        });
+        tj.spec.model_version = Some(api::training_job::ModelVersionTemplate {
+            labels: BTreeMap::from([("team".into(), "a".into())]),
+            gates: vec![api::Gate::absolute("accuracy", api::model_version::GateOp::Ge, 0.8)],
+        });
+        let (run, mut jobs) = first_run(&mut tj);
+        let recipe = desired::recipe(&tj, &run);
+        jobs.insert(run.name.clone(), finished(&tj, &run, None));
+        // The spec changes while the run trains: the version records what ran (the recipe
+        // on the Job).
+        tj.spec.hyperparameters.insert("algorithm".into(), "tree".into());
+        tj.spec.trainer.image = Some("trainer:next".into());
+        tj.spec.model_version.as_mut().unwrap().gates.clear();
+        let result = r#"{"version":1,"metrics":{"accuracy":0.96,"f1":0.95},
+            "artifact":{"uri":"file:///out/iris-r1/model.json","format":"mlops-linear-v1",
+                        "digest":"sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"},
+            "dataset":{"digest":"sha256:bbbb","total":150,"train":105,"validation":22,"test":23},
+            "validation":{"missing":{"found":2,"action":"drop","removed":2}}}"#;
+        let pod = PodOutcome {
+            message: Some(result.into()),
+            exit_code: Some(0),
+            reason: Some("Completed".into()),
+            image_id: Some("docker.io/library/trainer@sha256:cccc".into()),
+        };
+        let p = plan(&tj, &observed(jobs, vec![("iris-r1", pod)], at(60)), |_| None);
+        assert_eq!(p.create_versions.len(), 1);
+        let mv = &p.create_versions[0];
+        assert_eq!(
+            (mv.metadata.name.as_deref(), mv.metadata.namespace.as_deref()),
+            (Some("iris-r1"), Some("ml"))
+        );
+        let labels = mv.metadata.labels.clone().unwrap();
+        for (k, v) in [
+            ("team", "a"),
+            (api::LABEL_MODEL, "iris"),
+            (api::LABEL_TRAINING_JOB, "iris"),
+            (api::LABEL_RUN, "iris-r1"),
+            (api::LABEL_APP_MANAGED_BY, api::MANAGED_BY),
+            (api::LABEL_APP_PART_OF, api::PART_OF),
+        ] {
+            assert_eq!(labels.get(k).map(String::as_str), Some(v), "{k}");
+        }
+        let parsed = result::parse(Some(result)).unwrap();
+        let expected = ModelVersionSpec {
+            model: "iris".into(),
+            artifact: parsed.artifact.clone(),
+            metrics: parsed.metrics.clone(),
+            gates: recipe.gates.clone(),
+            lineage: Some(Lineage {
+                training_job: Some("iris".into()),
+                run: Some("iris-r1".into()),
+                image: Some("mlops-runtime:dev".into()),
+                image_digest: Some("docker.io/library/trainer@sha256:cccc".into()),
+                dataset: Some(DatasetLineage {
+                    uri: "file:///d.csv".into(),
+                    digest: Some("sha256:bbbb".into()),
+                    rows: parsed.rows.clone(),
+                    validation_report: parsed.validation.clone(),
+                }),
+                hyperparameters: BTreeMap::from([("algorithm".into(), "linear".into())]),
+                source: tj.spec.source.clone(),
+                trigger: Some(run.trigger.clone()),
+                start_time: Some(at(1)),
+                completion_time: Some(at(50)),
+            }),
+        };
+        assert_eq!(mv.spec, expected);
+        assert_eq!(mv.spec.lineage.as_ref().unwrap().trigger.as_ref().unwrap().type_, TriggerType::Spec);
+        let r = &p.status.runs[0];
+        assert_eq!((r.outcome, r.model_version.as_deref()), (RunOutcome::Succeeded, Some("iris-r1")));
+        assert_eq!(p.status.latest_model_version.as_deref(), Some("iris-r1"));
+        assert!(p.events.iter().any(|e| e.reason == "ModelVersionCreated" && !e.warning));
+        assert!(p.events.iter().any(|e| e.reason == "RunSucceeded" && !e.warning));
+    }
+
+    #[test]
+    fn history_keeps_the_newest_finished_runs_and_every_active_one() {
+        let mut tj = plain();
+        let record = |n: i64, outcome| RunRecord {
+            name: run_name("iris", n),
+            number: n,
+            job_name: run_name("iris", n),
+            generation: Some(1),
+            outcome,
+            ..RunRecord::default()
+        };
+        let total = RUN_HISTORY_LIMIT as i64 + 4;
+        let mut jobs = BTreeMap::new();
+        let mut runs = Vec::new();
+        for n in 1..=total {
+            // The two oldest are still running.
+            let active = n <= 2;
+            runs.push(record(n, if active { RunOutcome::Running } else { RunOutcome::Failed }));
+            if active {
+                let r = RunRef {
+                    name: run_name("iris", n),
+                    number: n,
+                    generation: 1,
+                    trigger: RunTrigger::default(),
+                };
+                jobs.insert(r.name.clone(), job(&tj, &r, None));
+            }
+        }
+        tj.status =
+            Some(TrainingJobStatus { runs, last_run_number: Some(total), ..TrainingJobStatus::default() });
+        let p = plan(&tj, &observed(jobs, vec![], at(0)), |_| None);
+        let kept: Vec<i64> = p.status.runs.iter().map(|r| r.number).collect();
+        let mut expected = vec![1, 2];
+        expected.extend(total - RUN_HISTORY_LIMIT as i64 + 3..=total);
+        assert_eq!(kept, expected);
+        assert_eq!(p.status.runs.len(), RUN_HISTORY_LIMIT);
+        assert_eq!(p.status.active_runs, vec!["iris-r1".to_string(), "iris-r2".to_string()]);
+    }
+
+    #[test]
+    fn conditions_carry_the_generation_and_keep_their_transition_time() {
+        let mut tj = plain();
+        let mut jobs = BTreeMap::new();
+        let fail = |tj: &TrainingJob, jobs: &mut BTreeMap<String, Job>, run: &RunRef| {
+            jobs.insert(run.name.clone(), finished(tj, run, Some(("BackoffLimitExceeded", "backoff"))));
+        };
+        let p = reconcile(&mut tj, &mut jobs, Readings::default(), at(0));
+        let r1 = p.start_run.clone().unwrap();
+        assert_eq!(p.status.observed_generation, Some(1));
+        for c in &p.status.conditions {
+            assert_eq!(c.observed_generation, Some(1), "{}", c.type_);
+        }
+        assert_eq!(condition(&p, cond::RECONCILING).status, "True");
+
+        // A new generation waits for the run in flight: every condition says generation 2,
+        // and Reconciling, still True, keeps its transition time.
+        tj.metadata.generation = Some(2);
+        let p = reconcile(&mut tj, &mut jobs, Readings::default(), at(30));
+        assert!(p.start_run.is_none());
+        assert_eq!(p.status.observed_generation, Some(2));
+        for c in &p.status.conditions {
+            assert_eq!(c.observed_generation, Some(2), "{}", c.type_);
+        }
+        let reconciling = condition(&p, cond::RECONCILING);
+        assert!(reconciling.message.contains("a new run starts when it finishes"), "{}", reconciling.message);
+        assert_eq!(reconciling.last_transition_time, at(0), "still True: no transition");
+
+        // The first run fails, the second starts: still reconciling.
+        fail(&tj, &mut jobs, &r1);
+        let p = reconcile(&mut tj, &mut jobs, Readings::default(), at(60));
+        let r2 = p.start_run.clone().unwrap();
+        assert_eq!(r2.generation, 2);
+        assert_eq!(condition(&p, cond::RECONCILING).last_transition_time, at(0));
+        // It fails too: Reconciling turns False now, and Failed keeps its time from r1.
+        fail(&tj, &mut jobs, &r2);
+        let p = reconcile(&mut tj, &mut jobs, Readings::default(), at(90));
+        let reconciling = condition(&p, cond::RECONCILING);
+        assert_eq!(
+            (reconciling.status.as_str(), reconciling.last_transition_time.clone()),
+            ("False", at(90))
+        );
+        assert_eq!(condition(&p, cond::FAILED).last_transition_time, at(60));
+        assert!(p.status.conditions.iter().all(|c| c.observed_generation == Some(2)));
+    }
+
+    #[test]
     fn a_version_the_api_server_refuses_fails_its_run_instead_of_retrying() {
         let mut tj = plain();
         let (run, mut jobs) = first_run(&mut tj);
