@@ -243,7 +243,30 @@ async fn bad_results_fail_the_run_with_a_reason_and_no_retry_storm() {
             &["ResultTooLarge", "ResultInvalid"][..],
         ),
         ("missing", "print('trained, but forgot the result')".to_string(), &["ResultMissing"][..]),
+        // Well-formed, but beyond what a ModelVersion may hold: refused before the API
+        // server would refuse the version.
+        (
+            "toolong",
+            write(
+                "'{\"version\":1,\"artifact\":{\"uri\":\"file:///tmp/m.json\",\"format\":\"' + 'f'*100 + '\"}}'",
+            ),
+            &["ResultInvalid"][..],
+        ),
+        // A good result whose version name is already taken by a ModelVersion someone
+        // imported: never adopted as this run's.
+        (
+            "clash",
+            write(
+                "'{\"version\":1,\"metrics\":{\"accuracy\":0.9},\"artifact\":{\"uri\":\"file:///tmp/m.json\"}}'",
+            ),
+            &["ModelVersionNameTaken"][..],
+        ),
     ];
+    apply(
+        &env,
+        r#"{"apiVersion":"mlops.dev/v1alpha1","kind":"ModelVersion","metadata":{"name":"clash-r1"},
+            "spec":{"model":"other","artifact":{"uri":"file:///tmp/imported/model.json"}}}"#,
+    );
     for (name, script, _) in &cases {
         apply(&env, &training_job(name, &env.namespace, fake_trainer(script)));
     }
@@ -256,11 +279,14 @@ async fn bad_results_fail_the_run_with_a_reason_and_no_retry_storm() {
         assert!(run.message.as_deref().is_some_and(|m| !m.is_empty()), "{name}: a message says why");
         assert_eq!(condition_status(&tj, cond::STALLED).as_deref(), Some("True"), "{name}: a human must act");
     }
-    assert!(env.api::<ModelVersion>().list(&ListParams::default()).await.unwrap().items.is_empty());
+    let versions = env.api::<ModelVersion>().list(&ListParams::default()).await.unwrap().items;
+    let names: Vec<_> = versions.iter().filter_map(|v| v.metadata.name.clone()).collect();
+    assert_eq!(names, ["clash-r1"], "only the imported version exists");
+    assert_eq!(versions[0].spec.model, "other", "the imported version is untouched");
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         env.api::<Job>().list(&ListParams::default()).await.unwrap().items.len(),
-        3,
+        cases.len(),
         "no run was retried"
     );
     let errors = op.metrics().unwrap_or_default();
