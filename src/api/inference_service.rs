@@ -11,7 +11,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::ManualActions;
+use super::common::{LocalRef, ManualActions};
 use super::conditions::Condition;
 use super::model_version::{MODEL_NAME_MESSAGE, MODEL_NAME_RULE};
 
@@ -167,7 +167,8 @@ pub struct Runtime {
     #[schemars(length(max = 128), inner(length(max = 4096)))]
     pub args: Vec<String>,
 
-    /// Extra environment variables (the `MLOPS_*` contract variables win over these).
+    /// Extra environment variables (the `MLOPS_*` contract variables and the credentials of
+    /// `credentialsSecretRef` win over these).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 128))]
     pub env: Vec<EnvVar>,
@@ -180,7 +181,30 @@ pub struct Runtime {
     /// CPU, memory and accelerator requests and limits of each serving pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+
+    /// Secret (same namespace) with S3 credentials for an `s3://` artifact, passed to the
+    /// server container by reference (`secretKeyRef`): `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY` and optionally `AWS_SESSION_TOKEN`, `AWS_REGION`,
+    /// `AWS_ENDPOINT_URL`. The operator never reads it; its values are never copied into
+    /// status or Events. Unset: the server uses its ServiceAccount's identity, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<LocalRef>,
+
+    /// ServiceAccount the serving pods run as (same namespace; it must exist), for workload
+    /// identity such as IRSA or GKE Workload Identity instead of a credentials Secret.
+    /// Unset: the namespace's `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(SERVICE_ACCOUNT_NAME_RULE).message(SERVICE_ACCOUNT_NAME_MESSAGE))]
+    #[schemars(length(min = 1, max = 253))]
+    pub service_account_name: Option<String>,
 }
+
+/// CEL rule for a ServiceAccount name: a lowercase DNS subdomain (length bounded by the
+/// schema's maxLength, which keeps the rule's cost bounded).
+const SERVICE_ACCOUNT_NAME_RULE: &str =
+    "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')";
+const SERVICE_ACCOUNT_NAME_MESSAGE: &str = "runtime.serviceAccountName must be a lowercase DNS subdomain: \
+     a-z, 0-9, '-' and '.', each dot-separated part starting and ending with a letter or digit";
 
 impl Runtime {
     /// `port` with its default.
@@ -758,6 +782,24 @@ rollout:
     }
 
     #[test]
+    fn runtime_credentials_and_identity_round_trip() {
+        let yaml = r#"
+model: iris
+version: iris-r1
+runtime: {credentialsSecretRef: {name: s3-creds}, serviceAccountName: model-reader}
+"#;
+        let spec: InferenceServiceSpec = serde_yaml::from_str(yaml).unwrap();
+        assert_eq!(spec.runtime.credentials_secret_ref, Some(LocalRef::new("s3-creds")));
+        assert_eq!(spec.runtime.service_account_name.as_deref(), Some("model-reader"));
+        let v = serde_json::to_value(&spec).unwrap();
+        assert_eq!(
+            v["runtime"],
+            json!({"credentialsSecretRef": {"name": "s3-creds"}, "serviceAccountName": "model-reader"})
+        );
+        assert_eq!(serde_json::from_value::<InferenceServiceSpec>(v).unwrap(), spec);
+    }
+
+    #[test]
     fn defaults_apply() {
         let spec: InferenceServiceSpec =
             serde_json::from_value(json!({"model": "m", "version": "m-r1"})).unwrap();
@@ -829,11 +871,18 @@ rollout:
             "autoscaling.minReplicas must be less than or equal to maxReplicas",
             "a metric check needs min or max",
             "trafficRouting needs exactly one of replicas or gatewayAPI",
+            "runtime.serviceAccountName must be a lowercase DNS subdomain",
             r#""specReplicasPath":".spec.replicas""#,
             r#""labelSelectorPath":".status.selector""#,
             r#""shortNames":["isvc"]"#,
         ] {
             assert!(crd.contains(needle), "CRD lacks {needle}");
         }
+        // Every string a CEL rule reads is bounded, so the rule's cost is.
+        let crd = serde_json::to_value(InferenceService::crd()).unwrap();
+        let runtime = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+            ["runtime"]["properties"];
+        assert_eq!(runtime["serviceAccountName"]["maxLength"], json!(253));
+        assert_eq!(runtime["credentialsSecretRef"]["properties"]["name"]["maxLength"], json!(253));
     }
 }

@@ -245,6 +245,37 @@ pub fn runtime_default_seccomp() -> k8s_openapi::api::core::v1::SeccompProfile {
     k8s_openapi::api::core::v1::SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }
 }
 
+/// The keys of an S3 credentials Secret and whether each may be absent.
+pub const S3_CREDENTIAL_KEYS: [(&str, bool); 5] = [
+    ("AWS_ACCESS_KEY_ID", false),
+    ("AWS_SECRET_ACCESS_KEY", false),
+    ("AWS_SESSION_TOKEN", true),
+    ("AWS_REGION", true),
+    ("AWS_ENDPOINT_URL", true),
+];
+
+/// S3 credentials from `secret` as container variables named `<prefix><key>`, each a
+/// `secretKeyRef` (optional keys `optional: true`): the values are resolved by the kubelet
+/// and never pass through the operator, its status or its Events.
+pub fn s3_credentials_env(prefix: &str, secret: &str) -> Vec<k8s_openapi::api::core::v1::EnvVar> {
+    use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, SecretKeySelector};
+    S3_CREDENTIAL_KEYS
+        .iter()
+        .map(|&(key, optional)| EnvVar {
+            name: format!("{prefix}{key}"),
+            value: None,
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: secret.into(),
+                    key: key.into(),
+                    optional: Some(optional),
+                }),
+                ..EnvVarSource::default()
+            }),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,6 +286,29 @@ mod tests {
         assert_eq!(backoff(1), Duration::from_secs(1));
         assert!(backoff(5) > backoff(4));
         assert_eq!(backoff(30), Duration::from_secs(120));
+    }
+
+    #[test]
+    fn s3_credentials_are_secret_key_references() {
+        let env = s3_credentials_env("MLOPS_OUTPUT_", "creds");
+        let refs: Vec<(String, String, Option<bool>)> = env
+            .iter()
+            .map(|e| {
+                assert_eq!(e.value, None, "{} must not be a literal", e.name);
+                let r = e.value_from.as_ref().unwrap().secret_key_ref.clone().unwrap();
+                assert_eq!(r.name, "creds");
+                (e.name.clone(), r.key, r.optional)
+            })
+            .collect();
+        let expected = [
+            ("MLOPS_OUTPUT_AWS_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID", false),
+            ("MLOPS_OUTPUT_AWS_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY", false),
+            ("MLOPS_OUTPUT_AWS_SESSION_TOKEN", "AWS_SESSION_TOKEN", true),
+            ("MLOPS_OUTPUT_AWS_REGION", "AWS_REGION", true),
+            ("MLOPS_OUTPUT_AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL", true),
+        ]
+        .map(|(n, k, o)| (n.to_string(), k.to_string(), Some(o)));
+        assert_eq!(refs, expected);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Desired children of an InferenceService, pure: one Deployment per served version, the
-//! Service over all of them, per-version Services and an HTTPRoute for Gateway API
+//! Desired children of an InferenceService, pure: one Deployment per served version (with
+//! the runtime's S3 credentials by Secret reference and its ServiceAccount), the Service
+//! over all of them, per-version Services and an HTTPRoute for Gateway API
 //! routing, and the HorizontalPodAutoscaler.
 
 use std::collections::BTreeMap;
@@ -142,6 +143,9 @@ pub fn deployment(isvc: &InferenceService, mv: &ModelVersion, replicas: i32) -> 
     if let Some(d) = &mv.spec.artifact.digest {
         env.push(env_literal("MLOPS_MODEL_DIGEST", d));
     }
+    if let Some(secret) = &rt.credentials_secret_ref {
+        env.extend(crate::controllers::s3_credentials_env("", &secret.name));
+    }
     let ours: Vec<String> = env.iter().map(|e| e.name.clone()).collect();
     env.extend(rt.env.iter().filter(|e| !ours.contains(&e.name)).cloned());
     env.extend(fault_env(mv));
@@ -219,6 +223,7 @@ pub fn deployment(isvc: &InferenceService, mv: &ModelVersion, replicas: i32) -> 
                     containers: vec![container],
                     volumes: volume.map(|v| vec![v]),
                     readiness_gates: super::gate::readiness_gates(isvc),
+                    service_account_name: rt.service_account_name.clone(),
                     security_context: Some(crate::controllers::restricted_pod()),
                     ..PodSpec::default()
                 }),
@@ -379,5 +384,79 @@ mod tests {
         assert!(!selector(canary).contains_key(api::LABEL_MODEL_VERSION), "both versions serve");
         let rolling_back = Traffic { stable: place("v1", 100), canary: place("v2", 0), ..Traffic::default() };
         assert_eq!(selector(rolling_back)[api::LABEL_MODEL_VERSION], "v1", "the canary is cut off at once");
+    }
+
+    fn isvc(runtime: serde_json::Value) -> InferenceService {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "mlops.dev/v1alpha1", "kind": "InferenceService",
+            "metadata": {"name": "web", "namespace": "ml", "uid": "u"},
+            "spec": {"model": "iris", "version": "iris-r1", "runtime": runtime}
+        }))
+        .unwrap()
+    }
+
+    fn s3_version() -> ModelVersion {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "mlops.dev/v1alpha1", "kind": "ModelVersion",
+            "metadata": {"name": "iris-r1", "namespace": "ml", "uid": "m"},
+            "spec": {"model": "iris", "artifact": {"uri": "s3://models/iris/model.json",
+                                                   "digest": format!("sha256:{}", "a".repeat(64))}}
+        }))
+        .unwrap()
+    }
+
+    fn pod(d: &Deployment) -> &PodSpec {
+        d.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+    }
+
+    fn server_env(d: &Deployment) -> &[EnvVar] {
+        pod(d).containers[0].env.as_deref().unwrap()
+    }
+
+    #[test]
+    fn s3_credentials_reach_the_server_by_secret_reference_never_by_value() {
+        let isvc = isvc(serde_json::json!({
+            "credentialsSecretRef": {"name": "s3-creds"},
+            // A literal of the same name is dropped: the Secret's reference wins.
+            "env": [{"name": "AWS_ACCESS_KEY_ID", "value": "AKIA-LITERAL"}, {"name": "LOG", "value": "debug"}],
+        }));
+        let d = deployment(&isvc, &s3_version(), 2);
+        let env = server_env(&d);
+        let refs: Vec<(&str, &str, Option<bool>)> = env
+            .iter()
+            .filter(|e| e.name.starts_with("AWS_"))
+            .map(|e| {
+                assert_eq!(e.value, None, "{} must not be a literal", e.name);
+                let r = e.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
+                assert_eq!(r.name, "s3-creds");
+                (e.name.as_str(), r.key.as_str(), r.optional)
+            })
+            .collect();
+        assert_eq!(
+            refs,
+            [
+                ("AWS_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID", Some(false)),
+                ("AWS_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY", Some(false)),
+                ("AWS_SESSION_TOKEN", "AWS_SESSION_TOKEN", Some(true)),
+                ("AWS_REGION", "AWS_REGION", Some(true)),
+                ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL", Some(true)),
+            ]
+        );
+        assert!(env.iter().any(|e| e.name == "LOG"), "other user variables stay");
+        let text = serde_json::to_string(&d).unwrap();
+        assert!(!text.contains("AKIA-LITERAL"), "no credential value in the Deployment");
+        assert!(env.iter().any(
+            |e| e.name == "MLOPS_MODEL_URI" && e.value.as_deref() == Some("s3://models/iris/model.json")
+        ));
+        assert_eq!(pod(&d).service_account_name, None, "the namespace's default ServiceAccount");
+    }
+
+    #[test]
+    fn serving_pods_run_as_the_chosen_service_account() {
+        let d =
+            deployment(&isvc(serde_json::json!({"serviceAccountName": "model-reader"})), &s3_version(), 1);
+        assert_eq!(pod(&d).service_account_name.as_deref(), Some("model-reader"));
+        // Workload identity alone: no credential variables at all.
+        assert!(server_env(&d).iter().all(|e| !e.name.starts_with("AWS_")));
     }
 }

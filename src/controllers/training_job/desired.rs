@@ -10,8 +10,8 @@ use k8s_openapi::{
         batch::v1::{Job, JobSpec},
         core::v1::{
             Container, EnvVar, EnvVarSource, ObjectFieldSelector, PersistentVolumeClaimVolumeSource,
-            PodSecurityContext, PodSpec, PodTemplateSpec, SecretKeySelector, Service, ServicePort,
-            ServiceSpec, Volume, VolumeMount,
+            PodSecurityContext, PodSpec, PodTemplateSpec, Service, ServicePort, ServiceSpec, Volume,
+            VolumeMount,
         },
     },
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
@@ -352,21 +352,6 @@ fn from_field(name: &str, path: &str) -> EnvVar {
     }
 }
 
-fn from_secret(name: &str, secret: &str, key: &str, optional: bool) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: None,
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: secret.into(),
-                key: key.into(),
-                optional: Some(optional),
-            }),
-            ..EnvVarSource::default()
-        }),
-    }
-}
-
 /// The trainer environment of DESIGN.md §3, plus rendezvous variables for distributed runs
 /// and S3 credentials taken from a Secret by reference (their values never pass through
 /// the operator).
@@ -402,23 +387,22 @@ pub fn contract_env(tj: &TrainingJob, run: &RunRef, dataset_uri: &str, output_ur
     let dataset_secret = spec.dataset.credentials_secret_ref.as_ref().map(|r| r.name.as_str());
     let output_secret = spec.output.credentials_secret_ref.as_ref().map(|r| r.name.as_str());
     if let Some(secret) = dataset_secret.or(output_secret) {
-        env.extend(s3_env("", secret));
+        env.extend(crate::controllers::s3_credentials_env("", secret));
     }
     if let (Some(d), Some(o)) = (dataset_secret, output_secret)
         && d != o
     {
-        env.extend(s3_env("MLOPS_OUTPUT_", o));
+        env.extend(crate::controllers::s3_credentials_env("MLOPS_OUTPUT_", o));
     }
     env
 }
 
+/// The S3 variables of the dataset check Job (`data_check`): the Secret's keys by
+/// reference, without `AWS_SESSION_TOKEN` so far.
 pub(super) fn s3_env(prefix: &str, secret: &str) -> Vec<EnvVar> {
-    vec![
-        from_secret(&format!("{prefix}AWS_ACCESS_KEY_ID"), secret, "AWS_ACCESS_KEY_ID", false),
-        from_secret(&format!("{prefix}AWS_SECRET_ACCESS_KEY"), secret, "AWS_SECRET_ACCESS_KEY", false),
-        from_secret(&format!("{prefix}AWS_REGION"), secret, "AWS_REGION", true),
-        from_secret(&format!("{prefix}AWS_ENDPOINT_URL"), secret, "AWS_ENDPOINT_URL", true),
-    ]
+    let mut env = crate::controllers::s3_credentials_env(prefix, secret);
+    env.retain(|e| !e.name.ends_with("AWS_SESSION_TOKEN"));
+    env
 }
 
 /// `MLOPS_SPLIT`: ratios and seed, defaults filled in.
@@ -749,6 +733,15 @@ mod tests {
         assert_eq!(
             secret_of(c, "MLOPS_OUTPUT_AWS_SECRET_ACCESS_KEY"),
             ("model-creds".into(), "AWS_SECRET_ACCESS_KEY".into(), Some(false))
+        );
+        // Temporary credentials: the session token of each Secret, optional.
+        assert_eq!(
+            secret_of(c, "AWS_SESSION_TOKEN"),
+            ("data-creds".into(), "AWS_SESSION_TOKEN".into(), Some(true))
+        );
+        assert_eq!(
+            secret_of(c, "MLOPS_OUTPUT_AWS_SESSION_TOKEN"),
+            ("model-creds".into(), "AWS_SESSION_TOKEN".into(), Some(true))
         );
         for e in c.env.iter().flatten().filter(|e| e.name.contains("AWS_")) {
             assert!(e.value.is_none(), "{} is a literal", e.name);
