@@ -4,7 +4,8 @@
 //! the server pods by `secretKeyRef`, resolved by the local node) and whose
 //! `runtime.serviceAccountName` names a ServiceAccount becomes Ready and answers through
 //! its Service; one without credentials is refused by the bucket, its pods crash-loop and
-//! its status says it has no Ready pod. No credential value reaches status or Events.
+//! its status says its pods fail and why (`PodsFailing`, with a Warning Event). No
+//! credential value reaches status or Events.
 
 use std::time::Duration;
 
@@ -152,13 +153,22 @@ async fn a_private_s3_artifact_is_served_with_the_runtime_credentials_and_refuse
     .await;
     let log = env.kubectl(&["logs", &pod, "--previous"], None);
     assert!(output_text(&log).contains("403"), "refused by the bucket: {}", output_text(&log));
-    let anonymous = wait_for(&isvcs, "anonymous", SHORT, "Ready=False about its pods", |i| {
+    let anonymous = wait_for(&isvcs, "anonymous", SHORT, "Ready=False, PodsFailing", |i| {
         let conds = i.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
-        cond::find(&conds, cond::READY).is_some_and(|c| c.status == "False" && c.message.contains("pod"))
+        cond::find(&conds, cond::READY).is_some_and(|c| c.status == "False" && c.reason == "PodsFailing")
     })
     .await;
     let ready = cond::find(&anonymous.status.as_ref().unwrap().conditions, cond::READY).unwrap().clone();
     assert!(ready.message.contains("iris-s3"), "the message names the version: {}", ready.message);
+    assert!(
+        ["CrashLoopBackOff", "restarted"].iter().any(|w| ready.message.contains(w)),
+        "the message says what the pods do: {}",
+        ready.message
+    );
+    wait_until(SHORT, "a PodsFailing Warning Event", || async {
+        status_and_events(&env, "anonymous").await.contains("PodsFailing").then_some(())
+    })
+    .await;
     assert!(pods_of(&env, "anonymous").await.iter().all(|p| {
         p.status
             .as_ref()

@@ -1,5 +1,6 @@
-//! Canary pod health from pod status, pure. Image pull failures and CrashLoopBackOff fail
-//! at once; restarts above the limit fail; pods not Ready within the deadline fail.
+//! Health of one version's pods (a canary's, or a stable's that has no Ready pod) from pod
+//! status, pure. Image pull failures and CrashLoopBackOff fail at once; restarts above the
+//! limit fail; pods not Ready within the deadline fail.
 
 use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::Time};
 use kube::ResourceExt;
@@ -12,7 +13,7 @@ use crate::{
 const IMAGE_FAILURES: [&str; 4] =
     ["ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"];
 
-pub fn canary_health(pods: &[Pod], check: Option<&HealthCheck>, now: &Time) -> Health {
+pub fn version_health(pods: &[Pod], check: Option<&HealthCheck>, now: &Time) -> Health {
     let max_restarts = check.and_then(|c| c.max_restarts).unwrap_or(DEFAULT_MAX_RESTARTS);
     let deadline = check.and_then(|c| c.ready_deadline_seconds).unwrap_or(DEFAULT_READY_DEADLINE_SECONDS);
     if pods.is_empty() {
@@ -130,7 +131,7 @@ mod tests {
             (vec![pod(false, 0, Some("ImagePullBackOff"))], 0, "failed"),
         ];
         for (pods, at, want) in cases {
-            let got = match canary_health(&pods, Some(&check), &t(at)) {
+            let got = match version_health(&pods, Some(&check), &t(at)) {
                 Health::Healthy => "healthy",
                 Health::Pending(_) => "pending",
                 Health::Failed { .. } => "failed",
@@ -138,7 +139,7 @@ mod tests {
             assert_eq!(got, want, "{pods:?} at {at}");
         }
         let Health::Failed { value, bound, message, .. } =
-            canary_health(&[pod(true, 2, None)], Some(&check), &t(0))
+            version_health(&[pod(true, 2, None)], Some(&check), &t(0))
         else {
             panic!("restarts fail")
         };

@@ -84,6 +84,9 @@ pub struct Observed {
     /// The problem needs a human (a pin that cannot be served) rather than time.
     pub target_problem_is_stalled: bool,
     pub stable_ready: i32,
+    /// Why the stable version's pods fail (crash loop, image pull, restarts, readiness
+    /// deadline), looked at by the shell only while none of them is Ready.
+    pub stable_problem: Option<String>,
     pub canary_ready: i32,
     pub canary_health: Health,
     pub measurements: Vec<Measured>,
@@ -408,7 +411,13 @@ pub fn plan(
         c.ready_replicas = obs.canary_ready;
     }
     st.replicas = obs.stable_ready + obs.canary_ready;
+    let was_failing = ready_reason(current) == Some(PODS_FAILING);
     conditions(&mut st, obs, &target, generation, &now);
+    // Failing pods of the only version there is are worth a Warning, once per episode.
+    if !was_failing && ready_reason(&st) == Some(PODS_FAILING) {
+        let message = st.conditions.iter().find(|c| c.type_ == cond::READY).map(|c| c.message.clone());
+        notes.push(Note { warning: true, reason: PODS_FAILING, message: message.unwrap_or_default() });
+    }
     st.observed_generation = generation;
     let requeue = next_check(&st, &s, &now);
     Plan { status: st, traffic, notes, delivered, requeue }
@@ -870,7 +879,10 @@ fn conditions(
             "NoVersion",
             obs.target_problem.clone().unwrap_or_else(|| "no version to serve yet".into()),
         ),
-        (Some(x), false) => (false, "NotReady", format!("{} has no Ready pod yet", x.version)),
+        (Some(x), false) => match &obs.stable_problem {
+            Some(problem) => (false, PODS_FAILING, format!("{} has no Ready pod: {problem}", x.version)),
+            None => (false, "NotReady", format!("{} has no Ready pod yet", x.version)),
+        },
         (Some(x), true) => match (&degraded_msg, &progressing) {
             (Some(m), _) => (true, "ServingPrevious", m.clone()),
             (None, Some((v, _, w))) => {
@@ -881,6 +893,13 @@ fn conditions(
     };
     set(&mut conds, cond::READY, ready, reason, msg);
     st.conditions = conds;
+}
+
+/// Ready=False because the stable version's pods fail, not merely start.
+const PODS_FAILING: &str = "PodsFailing";
+
+fn ready_reason(st: &InferenceServiceStatus) -> Option<&str> {
+    st.conditions.iter().find(|c| c.type_ == cond::READY && c.status == "False").map(|c| c.reason.as_str())
 }
 
 /// When to look again: the next analysis or step deadline while a rollout runs; the end of

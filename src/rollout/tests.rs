@@ -32,6 +32,7 @@ fn spec(extra: serde_json::Value) -> InferenceServiceSpec {
 struct Obs {
     target: Option<&'static str>,
     stable_ready: i32,
+    stable_problem: Option<&'static str>,
     canary_ready: i32,
     health: Health,
     samples: Vec<(&'static str, Sample)>,
@@ -42,6 +43,7 @@ fn obs(target: &'static str) -> Obs {
     Obs {
         target: Some(target),
         stable_ready: 4,
+        stable_problem: None,
         canary_ready: 1,
         health: Health::Healthy,
         samples: vec![],
@@ -55,6 +57,7 @@ fn run(spec: &InferenceServiceSpec, status: &InferenceServiceStatus, o: Obs, at:
         target_problem: None,
         target_problem_is_stalled: false,
         stable_ready: o.stable_ready,
+        stable_problem: o.stable_problem.map(String::from),
         canary_ready: o.canary_ready,
         canary_health: o.health,
         measurements: o.samples.into_iter().map(|(c, s)| Measured { check: c.into(), sample: s }).collect(),
@@ -446,4 +449,30 @@ fn the_next_measurement_is_due_one_interval_after_the_last_whatever_woke_the_pas
     // Overdue (the pass came late): look again as soon as allowed.
     let p = run(&sp, &p.status, obs("v2"), 13);
     assert_eq!(p.requeue, Duration::from_secs(1));
+}
+
+#[test]
+fn failing_pods_of_the_only_version_say_why_and_warn_once() {
+    let sp = spec(json!({}));
+    let failing = Obs {
+        stable_ready: 0,
+        canary_ready: 0,
+        stable_problem: Some("pod a container server is in CrashLoopBackOff (3 restarts)"),
+        ..obs("v1")
+    };
+    let p = run(&sp, &serving("v1"), failing, 0);
+    let ready = p.status.conditions.iter().find(|c| c.type_ == cond::READY).unwrap();
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "PodsFailing"));
+    assert!(ready.message.contains("v1 has no Ready pod: pod a container server is in CrashLoopBackOff"));
+    assert_eq!(reasons(&p), ["PodsFailing"]);
+    // Still failing on the next pass: no second Warning.
+    let again = Obs { stable_ready: 0, canary_ready: 0, stable_problem: Some("still"), ..obs("v1") };
+    let p2 = run(&sp, &p.status, again, 5);
+    assert!(reasons(&p2).is_empty(), "{:?}", reasons(&p2));
+    // Pods merely starting are not a failure.
+    let starting = Obs { stable_ready: 0, canary_ready: 0, ..obs("v1") };
+    let p3 = run(&sp, &serving("v1"), starting, 0);
+    let ready = p3.status.conditions.iter().find(|c| c.type_ == cond::READY).unwrap();
+    assert_eq!(ready.reason, "NotReady");
+    assert!(reasons(&p3).is_empty());
 }

@@ -23,7 +23,7 @@ use tracing::{debug, instrument};
 
 use super::{Context, Result, apply, apply_status, delete_if_present};
 use crate::{
-    analysis::{self, health::canary_health},
+    analysis::{self, health::version_health},
     api::{
         self, InferenceService, ModelVersion,
         common::annotation_pending,
@@ -208,9 +208,26 @@ async fn reconcile(isvc: Arc<InferenceService>, ctx: Arc<Context>) -> Result<Act
                 .await?;
             let check =
                 isvc.spec.rollout.as_ref().and_then(|r| r.analysis.as_ref()).and_then(|a| a.health.as_ref());
-            canary_health(&list.items, check, &now)
+            version_health(&list.items, check, &now)
         }
         None => Health::Pending("no canary".into()),
+    };
+
+    // The stable version's pods are looked at only while none is Ready: then Ready=False
+    // can say why (a crash loop, an image that cannot be pulled) instead of "not yet".
+    let stable_problem = match &stable_version {
+        Some(v) if ready_of(Some(v)) == 0 => {
+            let list = pods
+                .list(&ListParams::default().labels(&format!("{selector},{}={v}", api::LABEL_MODEL_VERSION)))
+                .await?;
+            let check =
+                isvc.spec.rollout.as_ref().and_then(|r| r.analysis.as_ref()).and_then(|a| a.health.as_ref());
+            match version_health(&list.items, check, &now) {
+                Health::Failed { message, .. } => Some(message),
+                _ => None,
+            }
+        }
+        _ => None,
     };
 
     let mut measurements = Vec::new();
@@ -234,6 +251,7 @@ async fn reconcile(isvc: Arc<InferenceService>, ctx: Arc<Context>) -> Result<Act
         target_problem: resolved.problem,
         target_problem_is_stalled: resolved.stalled,
         stable_ready: ready_of(stable_version.as_deref()),
+        stable_problem,
         canary_ready: ready_of(canary_version.as_deref()),
         canary_health: health,
         measurements,
