@@ -180,7 +180,8 @@ pub struct Dataset {
 
     /// Secret (same namespace) with S3 credentials for an `s3://` uri, exposed to the
     /// trainer as environment variables: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and
-    /// optionally `AWS_REGION`, `AWS_ENDPOINT_URL`. Never copied into status or Events.
+    /// optionally `AWS_SESSION_TOKEN`, `AWS_REGION`, `AWS_ENDPOINT_URL`. Never copied into
+    /// status or Events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<LocalRef>,
 }
@@ -376,6 +377,8 @@ pub struct Output {
     pub uri: String,
 
     /// Secret with S3 credentials for an `s3://` uri (same keys as `dataset.credentialsSecretRef`).
+    /// When it differs from the dataset's, the trainer gets it as `MLOPS_OUTPUT_AWS_*` and
+    /// writes the artifact with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<LocalRef>,
 }

@@ -59,7 +59,7 @@ pub fn desired_job(tj: &TrainingJob, image: &str, name: &str) -> Job {
     // The S3 settings the trainer would see: its Secret by reference, and any AWS_*
     // variables the TrainingJob sets for the trainer (an endpoint, a region).
     if let Some(secret) = &tj.spec.dataset.credentials_secret_ref {
-        env.extend(desired::s3_env("", &secret.name));
+        env.extend(crate::controllers::s3_credentials_env("", &secret.name));
     }
     env.extend(tj.spec.trainer.env.iter().filter(|e| e.name.starts_with("AWS_")).cloned());
     let mut seen = std::collections::BTreeSet::new();
@@ -231,6 +231,7 @@ mod tests {
                 "MLOPS_DATASET_URI",
                 "AWS_ACCESS_KEY_ID",
                 "AWS_SECRET_ACCESS_KEY",
+                "AWS_SESSION_TOKEN",
                 "AWS_REGION",
                 "AWS_ENDPOINT_URL"
             ]

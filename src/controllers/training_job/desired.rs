@@ -397,14 +397,6 @@ pub fn contract_env(tj: &TrainingJob, run: &RunRef, dataset_uri: &str, output_ur
     env
 }
 
-/// The S3 variables of the dataset check Job (`data_check`): the Secret's keys by
-/// reference, without `AWS_SESSION_TOKEN` so far.
-pub(super) fn s3_env(prefix: &str, secret: &str) -> Vec<EnvVar> {
-    let mut env = crate::controllers::s3_credentials_env(prefix, secret);
-    env.retain(|e| !e.name.ends_with("AWS_SESSION_TOKEN"));
-    env
-}
-
 /// `MLOPS_SPLIT`: ratios and seed, defaults filled in.
 pub fn split_json(split: Option<&Split>) -> String {
     let s = split.cloned().unwrap_or_default();
