@@ -8,14 +8,16 @@
 #
 # Needs: cargo, python3 (3.9+), wrk (Debian package `wrk`), taskset.
 # MLServer is installed into a venv cached outside the repository, in
-# ${MLOPS_CACHE:-~/.cache/mlops-operator}/mlserver-venv.
+# ${MLOPS_CACHE:-~/.cache/mlops-operator}/mlserver-<version>-venv.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CACHE=${MLOPS_CACHE:-$HOME/.cache/mlops-operator}
-VENV=$CACHE/mlserver-venv
-# Pinned so the comparison is reproducible.
-MLSERVER_PACKAGES=${MLSERVER_PACKAGES:-"mlserver==1.7.1 mlserver-sklearn==1.7.1 scikit-learn==1.9.1"}
+# shellcheck source=../hack/versions.env
+source "$ROOT/hack/versions.env"
+# Pinned (hack/versions.env) so the comparison is reproducible; a new pin, a new venv.
+VENV=$CACHE/mlserver-$MLSERVER_VERSION-venv
+MLSERVER_PACKAGES=${MLSERVER_PACKAGES:-"mlserver==$MLSERVER_VERSION mlserver-sklearn==$MLSERVER_VERSION scikit-learn==$SCIKIT_LEARN_VERSION"}
 
 command -v wrk >/dev/null || { echo "wrk not found: apt-get install wrk" >&2; exit 1; }
 
@@ -28,10 +30,10 @@ if [ ! -x "$VENV/bin/mlserver" ]; then
 fi
 
 # oha (open-loop load at a fixed rate) for the equal-load rows, built once from crates.io.
-OHA=$CACHE/oha/bin/oha
+OHA=$CACHE/oha-$OHA_VERSION/bin/oha
 if [ ! -x "$OHA" ]; then
-  echo "building oha into $CACHE/oha (once)" >&2
-  cargo install --quiet --locked --root "$CACHE/oha" oha@1.16.0
+  echo "building oha $OHA_VERSION into $CACHE/oha-$OHA_VERSION (once)" >&2
+  cargo install --quiet --locked --root "$CACHE/oha-$OHA_VERSION" "oha@$OHA_VERSION"
 fi
 
 echo "building mlops-runtime (release)" >&2
