@@ -89,8 +89,9 @@ pub fn prediction_latency_ms(predictor: &Predictor, rows: &[&[f64]], samples: us
     (percentile(&times, 50.0), percentile(&times, 99.0))
 }
 
-/// Predictions of `rows` as class indices or values, by the predictor's kind.
-pub fn predict_all(predictor: &Predictor, rows: &[&[f64]]) -> Vec<Prediction> {
+/// Predictions of `rows` as class indices or values, by the predictor's kind;
+/// `None` for a row whose values are too large to score.
+pub fn predict_all(predictor: &Predictor, rows: &[&[f64]]) -> Vec<Option<Prediction>> {
     rows.iter().map(|r| predictor.predict(r)).collect()
 }
 

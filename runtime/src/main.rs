@@ -2,7 +2,8 @@
 //! the dataset digest the operator's data trigger runs.
 //! Every flag mirrors an environment variable of the pod contract (DESIGN.md §3).
 
-use clap::{Args, Parser, Subcommand};
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use mlops_runtime::result::{self, DEFAULT_TERMINATION_PATH};
 use mlops_runtime::serve::{self, AppState, ServeConfig, fault::Faults};
 use mlops_runtime::split::SplitSpec;
@@ -38,6 +39,9 @@ struct DigestArgs {
     uri: String,
     #[arg(long, env = "MLOPS_TERMINATION_MESSAGE_PATH", default_value = DEFAULT_TERMINATION_PATH)]
     termination_message_path: PathBuf,
+    /// Test-only: panic at start (checks the termination message of a panic).
+    #[arg(long, env = "MLOPS_FAULT_PANIC", hide = true, default_value = "false", value_parser = parse_flag)]
+    fault_panic: bool,
 }
 
 #[derive(Args)]
@@ -68,6 +72,9 @@ struct TrainArgs {
     output_uri: String,
     #[arg(long, env = "MLOPS_TERMINATION_MESSAGE_PATH", default_value = DEFAULT_TERMINATION_PATH)]
     termination_message_path: PathBuf,
+    /// Test-only: panic at start (checks the termination message of a panic).
+    #[arg(long, env = "MLOPS_FAULT_PANIC", hide = true, default_value = "false", value_parser = parse_flag)]
+    fault_panic: bool,
 }
 
 #[derive(Args)]
@@ -96,7 +103,11 @@ struct ServeArgs {
     /// Rows needed before drift is exported.
     #[arg(long, env = "MLOPS_DRIFT_MIN_ROWS", default_value_t = 100)]
     drift_min_rows: usize,
-    /// Seconds to wait for in-flight requests after SIGTERM.
+    /// Seconds after SIGTERM during which readiness is 503 but requests are still
+    /// served (e.g. 5 on a real cluster, so routing stops before the listener closes).
+    #[arg(long, env = "MLOPS_SHUTDOWN_DELAY_SECONDS", default_value_t = 0.0)]
+    shutdown_delay_seconds: f64,
+    /// Seconds to wait for in-flight requests once the listener is closed.
     #[arg(long, env = "MLOPS_DRAIN_SECONDS", default_value_t = 20.0)]
     drain_seconds: f64,
     /// Test-only: fraction of inference requests answered 500.
@@ -119,6 +130,25 @@ fn parse_flag(s: &str) -> Result<bool, String> {
 }
 
 fn main() -> ExitCode {
+    init_logging();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return configuration_error(e),
+    };
+    match cli.command {
+        Command::Train(args) => {
+            report_panics_to(args.termination_message_path.clone());
+            train(args)
+        }
+        Command::Serve(args) => serve(args),
+        Command::Digest(args) => {
+            report_panics_to(args.termination_message_path.clone());
+            digest(args)
+        }
+    }
+}
+
+fn init_logging() {
     let format = std::env::var("MLOPS_LOG_FORMAT").unwrap_or_default();
     let filter = tracing_subscriber::EnvFilter::try_from_env("MLOPS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -131,15 +161,122 @@ fn main() -> ExitCode {
     } else {
         builder.init();
     }
-    match Cli::parse().command {
-        Command::Train(args) => train(args),
-        Command::Serve(args) => serve(args),
-        Command::Digest(args) => digest(args),
+}
+
+/// What clap refuses. `--help` and `--version` print as usual (exit 0). Any
+/// other refusal of `train`, `serve` or `digest` is one line on stderr and, for
+/// `train` and `digest`, in the termination message (the operator shows it),
+/// with exit code 2: the pod spec must change. Clap's own rendering is kept
+/// only when no subcommand was recognised.
+fn configuration_error(e: clap::Error) -> ExitCode {
+    let command = std::env::args_os().nth(1).and_then(|c| c.into_string().ok());
+    let command = match (e.kind(), command.as_deref()) {
+        (ErrorKind::DisplayHelp | ErrorKind::DisplayVersion, _) => e.exit(),
+        (_, Some(c @ ("train" | "serve" | "digest"))) => c,
+        _ => e.exit(),
+    };
+    let line = result::failure_line(&format!("configuration: {}", configuration_reason(&e, command)));
+    eprintln!("mlops-runtime {command}: {line}");
+    if command != "serve" {
+        let path = termination_path_unparsed();
+        if let Err(err) = result::write_message(&path, &line) {
+            eprintln!(
+                "mlops-runtime {command}: cannot write termination message to {}: {err}",
+                path.display()
+            );
+        }
     }
+    ExitCode::from(2)
+}
+
+/// The termination message path when clap could not parse the rest: the flag,
+/// else the variable, else the default (clap's order of precedence).
+fn termination_path_unparsed() -> PathBuf {
+    const FLAG: &str = "--termination-message-path";
+    let mut args = std::env::args_os().skip(2);
+    let mut flag = None;
+    while let Some(arg) = args.next() {
+        let arg = arg.to_string_lossy().into_owned();
+        if arg == FLAG {
+            flag = args.next().map(PathBuf::from);
+        } else if let Some(value) = arg.strip_prefix(FLAG).and_then(|v| v.strip_prefix('=')) {
+            flag = Some(PathBuf::from(value));
+        }
+    }
+    flag.or_else(|| {
+        std::env::var_os("MLOPS_TERMINATION_MESSAGE_PATH").filter(|p| !p.is_empty()).map(PathBuf::from)
+    })
+    .unwrap_or_else(|| PathBuf::from(DEFAULT_TERMINATION_PATH))
+}
+
+/// `the label column is required (MLOPS_LABEL_COLUMN or --label-column)` for
+/// missing settings; otherwise clap's first line, with the variable it names.
+fn configuration_reason(e: &clap::Error, command: &str) -> String {
+    let cli = Cli::command();
+    let sub = cli.find_subcommand(command);
+    // clap names arguments as `--label-column <LABEL_COLUMN>`.
+    let named = |arg: &str| -> Option<(String, Option<String>)> {
+        let long = arg.trim_start_matches('-').split([' ', '=']).next().unwrap_or(arg);
+        let arg = sub?.get_arguments().find(|a| a.get_long() == Some(long))?;
+        Some((long.to_string(), arg.get_env().map(|v| v.to_string_lossy().into_owned())))
+    };
+    let how = |long: &str, env: Option<String>| match env {
+        Some(env) => format!("{env} or --{long}"),
+        None => format!("--{long}"),
+    };
+    let args: Vec<&str> = match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::Strings(v)) => v.iter().map(String::as_str).collect(),
+        Some(ContextValue::String(v)) => vec![v.as_str()],
+        _ => Vec::new(),
+    };
+    if e.kind() == ErrorKind::MissingRequiredArgument && !args.is_empty() {
+        let missing: Vec<String> = args
+            .iter()
+            .map(|a| {
+                let (long, env) = named(a).unwrap_or_else(|| (a.trim_start_matches('-').to_string(), None));
+                let what: Vec<&str> = long.split('-').map(|w| if w == "uri" { "URI" } else { w }).collect();
+                format!("the {} is required ({})", what.join(" "), how(&long, env))
+            })
+            .collect();
+        return missing.join("; ");
+    }
+    let rendered = e.render().to_string();
+    let first = rendered.lines().next().unwrap_or_default();
+    let first = first.strip_prefix("error: ").unwrap_or(first).to_string();
+    match args.as_slice() {
+        [arg] => match named(arg) {
+            Some((long, env)) => format!("{first} (set by {})", how(&long, env)),
+            None => first,
+        },
+        _ => first,
+    }
+}
+
+/// A panic ends the process with exit code 101; the termination message gets
+/// one line saying where, so the failure is not reported as an empty message.
+fn report_panics_to(path: PathBuf) {
+    let print = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        print(info);
+        let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        let payload = info.payload();
+        let what = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("no message");
+        let _ = result::write_message(
+            &path,
+            &result::failure_line(&format!("internal error (panic{at}): {what}")),
+        );
+    }));
 }
 
 /// `{"version":1,"digest":"sha256:…","bytes":N}` on success; one line and exit 1 otherwise.
 fn digest(args: DigestArgs) -> ExitCode {
+    if args.fault_panic {
+        panic!("MLOPS_FAULT_PANIC is set (test-only fault)");
+    }
     let (message, code) = match mlops_runtime::storage::read(&args.uri) {
         Ok(bytes) => {
             let json = serde_json::json!({
@@ -167,6 +304,9 @@ fn digest(args: DigestArgs) -> ExitCode {
 }
 
 fn train(args: TrainArgs) -> ExitCode {
+    if args.fault_panic {
+        panic!("MLOPS_FAULT_PANIC is set (test-only fault)");
+    }
     let path = args.termination_message_path.clone();
     let outcome = train_config(&args).and_then(|cfg| trainer::run(&cfg));
     let (message, code) = match outcome.map_err(|e| (e.to_string(), e.exit_code())) {
@@ -218,13 +358,34 @@ fn serve(args: ServeArgs) -> ExitCode {
         eprintln!("mlops-runtime serve: {msg}");
         ExitCode::from(1)
     };
+    // A setting the pod spec must change: exit 2, as clap's own refusals.
+    let refuse = |msg: String| {
+        let msg = format!("configuration: {msg}");
+        tracing::error!("{msg}");
+        eprintln!("mlops-runtime serve: {msg}");
+        ExitCode::from(2)
+    };
     if !(0.0..=1.0).contains(&args.fault_error_rate) {
-        return fail("MLOPS_FAULT_ERROR_RATE must be between 0 and 1".into());
+        return refuse("MLOPS_FAULT_ERROR_RATE must be between 0 and 1".into());
     }
+    let delay = args.shutdown_delay_seconds;
+    let shutdown_delay = match serve::seconds_setting(
+        "MLOPS_SHUTDOWN_DELAY_SECONDS",
+        delay,
+        serve::MAX_SHUTDOWN_DELAY_SECONDS,
+    ) {
+        Ok(d) => d,
+        Err(e) => return refuse(e),
+    };
+    let drain =
+        match serve::seconds_setting("MLOPS_DRAIN_SECONDS", args.drain_seconds, serve::MAX_DRAIN_SECONDS) {
+            Ok(d) => d,
+            Err(e) => return refuse(e),
+        };
     let host = args.http_host.as_deref().or(args.pod_ip.as_deref());
     let addr = match serve::listen_address(host, args.http_port) {
         Ok(a) => a,
-        Err(e) => return fail(e),
+        Err(e) => return refuse(e),
     };
     let faults = Faults::new(
         args.fault_error_rate,
@@ -242,7 +403,8 @@ fn serve(args: ServeArgs) -> ExitCode {
         max_body_bytes: args.max_request_bytes,
         drift_window: args.drift_window,
         drift_min_rows: args.drift_min_rows,
-        drain: Duration::from_secs_f64(args.drain_seconds.max(0.0)),
+        shutdown_delay,
+        drain,
         faults,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

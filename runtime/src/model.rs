@@ -169,9 +169,11 @@ impl Predictor {
         }
     }
 
-    /// Predicts one row; `row` has exactly the model's feature count.
+    /// Predicts one row; `row` has exactly the model's feature count. `None`
+    /// when the row cannot be scored: its values are so large that a weighted
+    /// sum overflows to infinity or NaN (a forest only compares, so never).
     #[inline]
-    pub fn predict(&self, row: &[f64]) -> Prediction {
+    pub fn predict(&self, row: &[f64]) -> Option<Prediction> {
         match self {
             Predictor::Linear { weights, bias, regression } => {
                 let f = row.len();
@@ -180,16 +182,20 @@ impl Predictor {
                     w.iter().zip(row).map(|(w, x)| w * x).sum::<f64>() + bias[c]
                 };
                 if *regression {
-                    return Prediction::Value(score(0));
+                    let v = score(0);
+                    return v.is_finite().then_some(Prediction::Value(v));
                 }
                 let mut best = (0, f64::NEG_INFINITY);
                 for c in 0..bias.len() {
                     let s = score(c);
+                    if !s.is_finite() {
+                        return None;
+                    }
                     if s > best.1 {
                         best = (c, s);
                     }
                 }
-                Prediction::Class(best.0)
+                Some(Prediction::Class(best.0))
             }
             Predictor::Forest { trees, n_classes } => {
                 // Small fixed buffer: forests here have few classes.
@@ -210,12 +216,14 @@ impl Predictor {
                         best = c;
                     }
                 }
-                Prediction::Class(best)
+                Some(Prediction::Class(best))
             }
         }
     }
 
-    /// Class probabilities into `out` (length [`Self::n_outputs`]).
+    /// Class probabilities into `out` (length [`Self::n_outputs`]). Finite for
+    /// every row that [`Self::predict`] scores: the softmax subtracts the
+    /// highest score first, so no exponent overflows.
     pub fn probabilities(&self, row: &[f64], out: &mut [f64]) {
         match self {
             Predictor::Linear { weights, bias, .. } => {
@@ -273,7 +281,7 @@ mod tests {
         let x = [4.0, 1.0];
         let expected = 3.0 * (4.0 - 1.0) / 2.0 - (1.0 + 2.0) / 0.5 + 0.5;
         match Predictor::new(&model, 0).predict(&x) {
-            Prediction::Value(v) => assert!((v - expected).abs() < 1e-12),
+            Some(Prediction::Value(v)) => assert!((v - expected).abs() < 1e-12),
             p => panic!("{p:?}"),
         }
     }
@@ -287,13 +295,36 @@ mod tests {
         };
         model.check(2, 3).unwrap();
         let p = Predictor::new(&model, 3);
-        assert_eq!(p.predict(&[2.0, 1.0]), Prediction::Class(0));
-        assert_eq!(p.predict(&[0.0, 1.0]), Prediction::Class(1));
-        assert_eq!(p.predict(&[-3.0, -3.0]), Prediction::Class(2));
+        assert_eq!(p.predict(&[2.0, 1.0]), Some(Prediction::Class(0)));
+        assert_eq!(p.predict(&[0.0, 1.0]), Some(Prediction::Class(1)));
+        assert_eq!(p.predict(&[-3.0, -3.0]), Some(Prediction::Class(2)));
         let mut probs = [0.0; 3];
         p.probabilities(&[2.0, 1.0], &mut probs);
         assert!((probs.iter().sum::<f64>() - 1.0).abs() < 1e-12);
         assert!(probs[0] > probs[1] && probs[1] > probs[2]);
+    }
+
+    #[test]
+    fn rows_too_large_to_score_are_refused_not_guessed() {
+        let logistic = Model::LogisticRegression {
+            scaler: identity(2),
+            coefficients: vec![vec![2.0, -3.0], vec![-1.0, 4.0]],
+            intercepts: vec![0.0, 0.0],
+        };
+        let p = Predictor::new(&logistic, 2);
+        for x in [1e308, -1e308] {
+            assert_eq!(p.predict(&[x, x]), None, "{x}");
+        }
+        // Large but finite scores: the softmax stays finite and sums to one.
+        assert_eq!(p.predict(&[1e300, 0.0]), Some(Prediction::Class(0)));
+        let mut probs = [0.0; 2];
+        p.probabilities(&[1e300, 0.0], &mut probs);
+        assert_eq!(probs, [1.0, 0.0]);
+        let linear =
+            Model::LinearRegression { scaler: identity(1), coefficients: vec![10.0], intercept: 0.0 };
+        assert_eq!(Predictor::new(&linear, 0).predict(&[1e308]), None);
+        let forest = Model::RandomForest { trees: vec![stump(0, 1)] };
+        assert_eq!(Predictor::new(&forest, 2).predict(&[1e308]), Some(Prediction::Class(1)));
     }
 
     fn stump(class_left: usize, class_right: usize) -> Tree {
@@ -311,8 +342,8 @@ mod tests {
         let model = Model::RandomForest { trees: vec![stump(0, 1), stump(0, 1), stump(1, 1)] };
         model.check(1, 2).unwrap();
         let p = Predictor::new(&model, 2);
-        assert_eq!(p.predict(&[0.0]), Prediction::Class(0));
-        assert_eq!(p.predict(&[0.5]), Prediction::Class(1));
+        assert_eq!(p.predict(&[0.0]), Some(Prediction::Class(0)));
+        assert_eq!(p.predict(&[0.5]), Some(Prediction::Class(1)));
         let mut probs = [0.0; 2];
         p.probabilities(&[0.0], &mut probs);
         assert!((probs[0] - 2.0 / 3.0).abs() < 1e-12);

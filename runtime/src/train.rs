@@ -336,7 +336,7 @@ mod tests {
         let model = fit(Algorithm::LinearRegression, &table, &rows, Targets::Values(&y), &hp, 1).unwrap();
         let p = crate::model::Predictor::new(&model, 0);
         match p.predict(&[100.0, 3.0]) {
-            crate::model::Prediction::Value(v) => assert!((v - 299.0).abs() < 1e-6, "{v}"),
+            Some(crate::model::Prediction::Value(v)) => assert!((v - 299.0).abs() < 1e-6, "{v}"),
             other => panic!("{other:?}"),
         }
     }
@@ -368,7 +368,7 @@ mod tests {
         let p = crate::model::Predictor::new(&model, 2);
         let low = classes.iter().position(|c| c == "low").unwrap();
         let high = classes.iter().position(|c| c == "high").unwrap();
-        assert_eq!(p.predict(&[0.0, 3.0]), crate::model::Prediction::Class(low));
-        assert_eq!(p.predict(&[0.0, 55.0]), crate::model::Prediction::Class(high));
+        assert_eq!(p.predict(&[0.0, 3.0]), Some(crate::model::Prediction::Class(low)));
+        assert_eq!(p.predict(&[0.0, 55.0]), Some(crate::model::Prediction::Class(high)));
     }
 }

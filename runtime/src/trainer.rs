@@ -111,8 +111,9 @@ pub fn run(cfg: &TrainConfig) -> Result<TrainResult, TrainError> {
         let predicted: Vec<f64> = predictions
             .iter()
             .map(|p| match p {
-                Prediction::Value(v) => *v,
-                Prediction::Class(c) => *c as f64,
+                Some(Prediction::Value(v)) => *v,
+                Some(Prediction::Class(c)) => *c as f64,
+                None => f64::NAN,
             })
             .collect();
         evaluate::regression_metrics(&truth, &predicted)
@@ -120,9 +121,10 @@ pub fn run(cfg: &TrainConfig) -> Result<TrainResult, TrainError> {
         let truth: Vec<usize> = parts.test.iter().map(|&i| class_y[i]).collect();
         let predicted: Vec<usize> = predictions
             .iter()
+            // A row that cannot be scored counts as wrong.
             .map(|p| match p {
-                Prediction::Class(c) => *c,
-                Prediction::Value(_) => usize::MAX,
+                Some(Prediction::Class(c)) => *c,
+                _ => usize::MAX,
             })
             .collect();
         evaluate::classification_metrics(&truth, &predicted, classes.len())

@@ -173,3 +173,99 @@ fn digest_reports_the_dataset_sha256_or_one_line_why_not() {
     assert_eq!(code, 1);
     assert!(text.contains("missing.csv") && !text.contains('\n'), "{text}");
 }
+
+/// The binary with only `envs` set; exit code, stdout, stderr.
+fn run(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(BIN).args(args).env_clear().envs(envs.iter().copied()).output().unwrap();
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+    (out.status.code().unwrap_or(-1), text(out.stdout), text(out.stderr))
+}
+
+#[test]
+fn configuration_errors_write_one_line_to_the_termination_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let message = dir.path().join("termination-log");
+    let path = message.to_str().unwrap();
+    let env = [
+        ("MLOPS_DATASET_URI", "file:///data.csv"),
+        ("MLOPS_OUTPUT_URI", "file:///out"),
+        ("MLOPS_TERMINATION_MESSAGE_PATH", path),
+    ];
+    let (code, _, stderr) = run(&["train"], &env);
+    assert_eq!(code, 2, "{stderr}");
+    let expected = "configuration: the label column is required (MLOPS_LABEL_COLUMN or --label-column)";
+    assert_eq!(std::fs::read_to_string(&message).unwrap(), expected);
+    assert_eq!(stderr.trim_end(), format!("mlops-runtime train: {expected}"));
+
+    // A refused flag, with the path given as a flag rather than the variable.
+    std::fs::remove_file(&message).unwrap();
+    let (code, _, _) = run(&["train", "--termination-message-path", path, "--no-such-flag"], &[]);
+    assert_eq!(code, 2);
+    let text = std::fs::read_to_string(&message).unwrap();
+    assert!(text.starts_with("configuration: unexpected argument '--no-such-flag'"), "{text}");
+    assert!(!text.contains('\n'), "{text}");
+
+    let (code, _, _) = run(&["digest"], &[("MLOPS_TERMINATION_MESSAGE_PATH", path)]);
+    assert_eq!(code, 2);
+    assert_eq!(
+        std::fs::read_to_string(&message).unwrap(),
+        "configuration: the URI is required (MLOPS_DATASET_URI or --uri)"
+    );
+}
+
+#[test]
+fn help_and_version_print_normally() {
+    let dir = tempfile::tempdir().unwrap();
+    let message = dir.path().join("termination-log");
+    let env = [("MLOPS_TERMINATION_MESSAGE_PATH", message.to_str().unwrap())];
+    let (code, stdout, _) = run(&["train", "--help"], &env);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("MLOPS_LABEL_COLUMN") && stdout.contains("Usage:"), "{stdout}");
+    let (code, stdout, _) = run(&["--version"], &env);
+    assert_eq!((code, stdout.trim()), (0, format!("mlops-runtime {}", env!("CARGO_PKG_VERSION")).as_str()));
+    assert!(!message.exists());
+}
+
+#[test]
+fn a_panic_leaves_one_line_in_the_termination_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let message = dir.path().join("termination-log");
+    let (code, message_text) = train(dir.path(), &iris_csv(), &[("MLOPS_FAULT_PANIC", "true")]);
+    assert_eq!(code, 101);
+    assert!(message_text.starts_with("internal error (panic at "), "{message_text}");
+    assert!(message_text.ends_with("MLOPS_FAULT_PANIC is set (test-only fault)"), "{message_text}");
+    assert!(!message_text.contains('\n'));
+
+    std::fs::remove_file(&message).unwrap();
+    let (code, _, _) = run(
+        &["digest", "--uri", "file:///nothing"],
+        &[("MLOPS_TERMINATION_MESSAGE_PATH", message.to_str().unwrap()), ("MLOPS_FAULT_PANIC", "1")],
+    );
+    assert_eq!(code, 101);
+    assert!(std::fs::read_to_string(&message).unwrap().starts_with("internal error (panic at "));
+}
+
+#[test]
+fn serve_refuses_unusable_durations_with_one_line() {
+    let cases = [
+        ("MLOPS_DRAIN_SECONDS", "inf", "from 0 to 3600, got inf"),
+        ("MLOPS_DRAIN_SECONDS", "NaN", "from 0 to 3600, got NaN"),
+        ("MLOPS_DRAIN_SECONDS", "-1", "from 0 to 3600, got -1"),
+        ("MLOPS_SHUTDOWN_DELAY_SECONDS", "301", "from 0 to 300, got 301"),
+        ("MLOPS_SHUTDOWN_DELAY_SECONDS", "-inf", "from 0 to 300, got -inf"),
+    ];
+    for (name, value, expected) in cases {
+        let (code, _, stderr) = run(
+            &["serve"],
+            &[
+                ("MLOPS_MODEL_URI", "/nonexistent/model.json"),
+                ("MLOPS_HTTP_HOST", "127.0.0.1"),
+                (name, value),
+            ],
+        );
+        assert_eq!(code, 2, "{name}={value}: {stderr}");
+        let line =
+            format!("mlops-runtime serve: configuration: {name} must be a number of seconds {expected}");
+        assert!(stderr.lines().any(|l| l == line), "{name}={value}: {stderr}");
+    }
+}

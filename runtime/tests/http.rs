@@ -97,7 +97,6 @@ fn malformed_requests_get_4xx_json_and_the_server_stays_up() {
                 .into(),
         ),
         ("deep nesting", format!("{}{}", "[".repeat(10_000), "]".repeat(10_000))),
-        ("invalid utf8", String::from_utf8_lossy(b"{\"inputs\":\xff}").into_owned()),
         ("too large", too_big),
     ];
     for (what, body) in &bodies {
@@ -105,6 +104,14 @@ fn malformed_requests_get_4xx_json_and_the_server_stays_up() {
         assert!((400..500).contains(&code), "{what}: {code} {text}");
         let err: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{what}: {text}"));
         assert!(err["error"].as_str().is_some_and(|e| !e.is_empty()), "{what}: {text}");
+    }
+    // Bytes that are not UTF-8, outside and inside a string.
+    let raw: [&[u8]; 2] = [b"{\"inputs\":\xff}", b"{\"id\":\"\xff\xfe\",\"inputs\":[]}"];
+    for body in raw {
+        let (code, text) = post(&url, body);
+        assert_eq!(code, 400, "{text}");
+        let err: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert!(err["error"].as_str().unwrap().starts_with("body: invalid JSON"), "{text}");
     }
     let (code, text) =
         post(&url, r#"{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP64","data":[1,"x",3,4]}]}"#);
@@ -235,5 +242,120 @@ fn in_flight_requests_finish_during_shutdown() {
     let (code, _) = pending.join().unwrap();
     assert_eq!(code, 200);
     // And the listener is closed afterwards.
+    assert_eq!(get(&format!("{base}/v2/health/live")).0, 0);
+}
+
+#[test]
+fn values_too_large_to_score_are_400_naming_the_row_never_null() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(serve_config(&train_iris(dir.path(), "")));
+    server.wait_ready();
+    let url = infer_url(&server);
+    for x in [1e308, -1e308] {
+        for outputs in [r#"[{"name":"predict"}]"#, r#"[{"name":"predict_proba"}]"#] {
+            let body = format!(
+                r#"{{"inputs":[{{"name":"x","shape":[2,4],"datatype":"FP64","data":[5,3.4,1.5,0.2,{x},{x},{x},{x}]}}],"outputs":{outputs}}}"#
+            );
+            let (code, text) = post(&url, &body);
+            assert_eq!(code, 400, "{x} {outputs}: {text}");
+            assert_eq!(
+                text, r#"{"error":"inputs[0].data row 1: values too large to score"}"#,
+                "{x} {outputs}"
+            );
+        }
+    }
+    // One tensor per feature: the row is named, not a tensor.
+    let columns: Vec<serde_json::Value> = IRIS_FEATURES
+        .iter()
+        .map(|f| serde_json::json!({"name": f, "shape": [1], "datatype": "FP64", "data": [1e308]}))
+        .collect();
+    let (code, text) = post(&url, serde_json::json!({ "inputs": columns }).to_string());
+    assert_eq!((code, text.as_str()), (400, r#"{"error":"inputs row 0: values too large to score"}"#));
+    // FP32 cannot hold 1e308 at all: refused at the value.
+    let (code, text) = post(&url, rows_request(&[[1e308; 4]]).replace("FP64", "FP32"));
+    assert_eq!(code, 400, "{text}");
+    assert!(text.contains("inputs[0].data[0]: 1e308 does not fit in FP32"), "{text}");
+    // Large but scorable rows still answer, with finite probabilities.
+    let body = r#"{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP64","data":[1e300,0,0,0]}],
+                   "outputs":[{"name":"predict"},{"name":"predict_proba"}]}"#;
+    let (code, text) = post(&url, body);
+    assert_eq!(code, 200, "{text}");
+    assert!(!text.contains("null"), "{text}");
+
+    let (_, metrics) = get(&format!("{}/metrics", server.base));
+    assert_eq!(metric(&metrics, r#"mlops_requests_total{code="400""#), Some(6.0), "{metrics}");
+    assert_eq!(metric(&metrics, "mlops_inference_rows_total"), Some(1.0), "{metrics}");
+    server.stop().unwrap();
+
+    // A forest only compares, so the same extreme rows are scored.
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(serve_config(&train_iris(dir.path(), r#"{"algorithm":"random_forest"}"#)));
+    server.wait_ready();
+    let (code, text) = post(&infer_url(&server), rows_request(&[[1e308; 4], [-1e308; 4]]));
+    assert_eq!(code, 200, "{text}");
+    assert!(!text.contains("null"), "{text}");
+    server.stop().unwrap();
+}
+
+#[test]
+fn unreadable_path_segments_are_json_400_naming_them_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(serve_config(&train_iris(dir.path(), "")));
+    server.wait_ready();
+    let body = rows_request(&[[5.0, 3.4, 1.5, 0.2]]);
+    let cases = [
+        ("/v2/models/%FF/infer", "name"),
+        ("/v2/models/iris/versions/%FF/infer", "version"),
+        ("/v2/models/%C3%28/versions/v1/infer", "name"),
+    ];
+    for (path, field) in cases {
+        let (code, text) = post(&format!("{}{path}", server.base), &body);
+        assert_eq!(code, 400, "{path}: {text}");
+        let err: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{path}: {text}"));
+        assert_eq!(err["error"], format!("{field}: not valid UTF-8 once percent-decoded"), "{path}");
+    }
+    for path in ["/v2/models/%FF", "/v2/models/iris/versions/%FF/ready"] {
+        let (code, text) = get(&format!("{}{path}", server.base));
+        assert_eq!(code, 400, "{path}: {text}");
+        assert!(text.starts_with(r#"{"error":""#), "{path}: {text}");
+    }
+    // Percent-encoded UTF-8 is still a name.
+    let (code, _) = post(&format!("{}/v2/models/%69ris/infer", server.base), &body);
+    assert_eq!(code, 200);
+    let (_, metrics) = get(&format!("{}/metrics", server.base));
+    // The three inferences with a bad path; metadata and readiness are not counted.
+    assert_eq!(metric(&metrics, r#"mlops_requests_total{code="400""#), Some(3.0), "{metrics}");
+    server.stop().unwrap();
+}
+
+#[test]
+fn shutdown_delay_keeps_serving_while_not_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = serve_config(&train_iris(dir.path(), ""));
+    cfg.shutdown_delay = Duration::from_millis(1500);
+    let mut server = TestServer::start(cfg);
+    server.wait_ready();
+    let started = std::time::Instant::now();
+    server.signal_shutdown();
+    let ready = format!("{}/v2/health/ready", server.base);
+    for _ in 0..100 {
+        if get(&ready).0 == 503 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (code, text) = get(&ready);
+    assert_eq!((code, text.as_str()), (503, r#"{"ready":false}"#));
+    assert_eq!(get(&format!("{}/v2/models/iris/ready", server.base)).0, 503);
+    // New connections are still accepted and answered during the delay.
+    let (code, text) = post(&infer_url(&server), rows_request(&[[5.0, 3.4, 1.5, 0.2]]));
+    assert_eq!(code, 200, "{text}");
+    assert!(text.contains("setosa"), "{text}");
+    assert_eq!(get(&format!("{}/v2/health/live", server.base)).0, 200);
+    assert!(started.elapsed() < Duration::from_millis(1500), "the checks above ran after the delay");
+
+    let base = server.base.clone();
+    server.stop().unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(1500));
     assert_eq!(get(&format!("{base}/v2/health/live")).0, 0);
 }

@@ -8,11 +8,14 @@ use super::{AppState, Served};
 use crate::model::Prediction;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::path::ErrorKind;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use serde::Deserialize;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Instant;
@@ -26,11 +29,11 @@ pub fn router(state: AppRef) -> Router {
         .route("/v2/health/ready", get(ready))
         .route("/v2", get(server_metadata))
         .route("/v2/models/{name}", get(model_metadata))
-        .route("/v2/models/{name}/versions/{version}", get(model_metadata_version))
+        .route("/v2/models/{name}/versions/{version}", get(model_metadata))
         .route("/v2/models/{name}/ready", get(model_ready))
-        .route("/v2/models/{name}/versions/{version}/ready", get(model_ready_version))
+        .route("/v2/models/{name}/versions/{version}/ready", get(model_ready))
         .route("/v2/models/{name}/infer", post(infer))
-        .route("/v2/models/{name}/versions/{version}/infer", post(infer_version))
+        .route("/v2/models/{name}/versions/{version}/infer", post(infer))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -62,6 +65,33 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         error(self.status, &self.message)
     }
+}
+
+/// The `{name}` and, on the versioned routes, `{version}` segments of a model route.
+#[derive(Deserialize)]
+struct ModelRef {
+    name: String,
+    version: Option<String>,
+}
+
+/// A segment that cannot be read (e.g. not UTF-8 once percent-decoded) is a
+/// JSON 400 naming it, like every other client error.
+impl<S: Send + Sync> FromRequestParts<S> for ModelRef {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<ModelRef>::from_request_parts(parts, state).await.map(|Path(m)| m).map_err(path_error)
+    }
+}
+
+fn path_error(rejection: PathRejection) -> ApiError {
+    let status = rejection.status();
+    if let PathRejection::FailedToDeserializePathParams(e) = &rejection
+        && let ErrorKind::InvalidUtf8InPathParam { key } = e.kind()
+    {
+        return ApiError::new(status, format!("{key}: not valid UTF-8 once percent-decoded"));
+    }
+    ApiError::new(status, format!("path: {}", rejection.body_text()))
 }
 
 async fn not_found() -> Response {
@@ -155,15 +185,8 @@ fn metadata(s: &AppState, name: &str, version: Option<&str>) -> Response {
     )
 }
 
-async fn model_metadata(State(s): State<AppRef>, Path(name): Path<String>) -> Response {
-    metadata(&s, &name, None)
-}
-
-async fn model_metadata_version(
-    State(s): State<AppRef>,
-    Path((name, version)): Path<(String, String)>,
-) -> Response {
-    metadata(&s, &name, Some(&version))
+async fn model_metadata(State(s): State<AppRef>, m: ModelRef) -> Response {
+    metadata(&s, &m.name, m.version.as_deref())
 }
 
 fn model_readiness(s: &AppState, name: &str, version: Option<&str>) -> Response {
@@ -179,15 +202,8 @@ fn model_readiness(s: &AppState, name: &str, version: Option<&str>) -> Response 
     }
 }
 
-async fn model_ready(State(s): State<AppRef>, Path(name): Path<String>) -> Response {
-    model_readiness(&s, &name, None)
-}
-
-async fn model_ready_version(
-    State(s): State<AppRef>,
-    Path((name, version)): Path<(String, String)>,
-) -> Response {
-    model_readiness(&s, &name, Some(&version))
+async fn model_ready(State(s): State<AppRef>, m: ModelRef) -> Response {
+    model_readiness(&s, &m.name, m.version.as_deref())
 }
 
 async fn metrics(State(s): State<AppRef>) -> Response {
@@ -198,27 +214,10 @@ async fn metrics(State(s): State<AppRef>) -> Response {
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
+/// Runs one inference and records its status and latency (a bad path too).
 async fn infer(
     State(s): State<AppRef>,
-    Path(name): Path<String>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    infer_counted(&s, &name, None, body).await
-}
-
-async fn infer_version(
-    State(s): State<AppRef>,
-    Path((name, version)): Path<(String, String)>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    infer_counted(&s, &name, Some(&version), body).await
-}
-
-/// Runs one inference and records its status and latency.
-async fn infer_counted(
-    s: &AppState,
-    name: &str,
-    version: Option<&str>,
+    model: Result<ModelRef, ApiError>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = Instant::now();
@@ -226,7 +225,7 @@ async fn infer_counted(
     if !faults.latency.is_zero() {
         tokio::time::sleep(faults.latency).await;
     }
-    let served = match lookup(s, name, version) {
+    let served = match model.and_then(|m| lookup(&s, &m.name, m.version.as_deref())) {
         Ok(m) => m,
         Err(e) => {
             if let Some(served) = s.served.get() {
@@ -235,7 +234,7 @@ async fn infer_counted(
             return e.into_response();
         }
     };
-    let response = match predict(s, served, body) {
+    let response = match predict(&s, served, body) {
         Ok(body) => json(StatusCode::OK, body),
         Err(e) => e.into_response(),
     };
@@ -266,8 +265,25 @@ fn predict(s: &AppState, served: &Served, body: Result<Bytes, BytesRejection>) -
 
     let f = card.features.len();
     let predictor = &served.model.predictor;
+    // Every row is scored before anything is written or counted, so one row the
+    // model cannot score fails the whole request and no output is ever null.
+    let mut predictions = Vec::with_capacity(batch.rows);
+    for (r, row) in batch.x.chunks_exact(f).enumerate() {
+        let p = predictor.predict(row).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("{} row {r}: values too large to score", batch.source),
+            )
+        })?;
+        predictions.push(p);
+    }
     let metrics = &served.metrics;
     metrics.observe_inputs(&batch.x, f);
+    for p in &predictions {
+        if let Prediction::Class(c) = p {
+            metrics.observe_class(*c);
+        }
+    }
 
     let mut out = String::with_capacity(96 + batch.rows * 16);
     out.push('{');
@@ -284,16 +300,13 @@ fn predict(s: &AppState, served: &Served, body: Result<Bytes, BytesRejection>) -
             "{{\"name\":\"{PREDICT_OUTPUT}\",\"datatype\":\"{datatype}\",\"shape\":[{}],\"data\":[",
             batch.rows
         );
-        for (i, row) in batch.x.chunks_exact(f).enumerate() {
+        for (i, p) in predictions.iter().enumerate() {
             if i > 0 {
                 out.push(',');
             }
-            match predictor.predict(row) {
-                Prediction::Class(c) => {
-                    out.push_str(&served.class_json[c]);
-                    metrics.observe_class(c);
-                }
-                Prediction::Value(v) => push_json_f64(&mut out, v),
+            match p {
+                Prediction::Class(c) => out.push_str(&served.class_json[*c]),
+                Prediction::Value(v) => push_json_f64(&mut out, *v),
             }
         }
         out.push_str("]}");
@@ -311,12 +324,6 @@ fn predict(s: &AppState, served: &Served, body: Result<Bytes, BytesRejection>) -
         let mut probs = vec![0.0; k];
         for (i, row) in batch.x.chunks_exact(f).enumerate() {
             predictor.probabilities(row, &mut probs);
-            if !batch.outputs.predict
-                && let Prediction::Class(c) = predictor.predict(row)
-            {
-                // Counted whatever the output format, so the class mix is complete.
-                metrics.observe_class(c);
-            }
             for (j, p) in probs.iter().enumerate() {
                 if i + j > 0 {
                     out.push(',');

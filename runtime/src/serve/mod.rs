@@ -31,9 +31,28 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     pub drift_window: usize,
     pub drift_min_rows: usize,
-    /// Longest wait for in-flight requests after SIGTERM.
+    /// After SIGTERM: time during which readiness answers 503 but requests are
+    /// still accepted and served, so that endpoints, kube-proxy and ingresses
+    /// stop routing here before the listener closes.
+    pub shutdown_delay: Duration,
+    /// Longest wait for in-flight requests once the listener is closed.
     pub drain: Duration,
     pub faults: Faults,
+}
+
+/// Upper bounds of the duration settings: the pod's termination grace period
+/// (30 s by default) must cover the delay plus the drain.
+pub const MAX_SHUTDOWN_DELAY_SECONDS: f64 = 300.0;
+pub const MAX_DRAIN_SECONDS: f64 = 3600.0;
+
+/// A duration setting given in seconds (`name` is its environment variable):
+/// finite and within `0..=max`, else a one-line error naming it.
+pub fn seconds_setting(name: &str, seconds: f64, max: f64) -> Result<Duration, String> {
+    if seconds.is_finite() && (0.0..=max).contains(&seconds) {
+        Ok(Duration::from_secs_f64(seconds))
+    } else {
+        Err(format!("{name} must be a number of seconds from 0 to {max}, got {seconds}"))
+    }
 }
 
 /// Listen address: `POD_IP` when set (the pod's own address), else all
@@ -109,8 +128,10 @@ pub fn load(config: &ServeConfig) -> Result<Served, String> {
     })
 }
 
-/// Serves on `listener` until `shutdown` resolves, then drains in-flight
-/// requests for at most `config.drain`. Fails if the model cannot be loaded.
+/// Serves on `listener` until `shutdown` resolves; then reports not ready
+/// while still serving for `config.shutdown_delay`, closes the listener and
+/// drains in-flight requests for at most `config.drain`. Fails if the model
+/// cannot be loaded.
 pub async fn run(
     state: Arc<AppState>,
     listener: tokio::net::TcpListener,
@@ -119,10 +140,15 @@ pub async fn run(
     let app = http::router(state.clone());
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let signal_state = state.clone();
+    let delay = state.config.shutdown_delay;
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         signal_state.draining.store(true, Ordering::Relaxed);
-        tracing::info!("shutdown requested: draining in-flight requests");
+        if !delay.is_zero() {
+            tracing::info!(seconds = delay.as_secs_f64(), "shutdown requested: not ready, still serving");
+            tokio::time::sleep(delay).await;
+        }
+        tracing::info!("closing the listener; draining in-flight requests");
         let _ = drain_tx.send(());
     });
     let drain = state.config.drain;
@@ -192,5 +218,17 @@ mod tests {
         assert_eq!(listen_address(None, 9000).unwrap(), "0.0.0.0:9000".parse().unwrap());
         assert_eq!(listen_address(Some(""), 1).unwrap(), "0.0.0.0:1".parse().unwrap());
         assert!(listen_address(Some("pod"), 1).is_err());
+    }
+
+    #[test]
+    fn duration_settings_must_be_finite_and_in_range() {
+        let ok = |v| seconds_setting("MLOPS_X", v, 300.0);
+        assert_eq!(ok(0.0), Ok(Duration::ZERO));
+        assert_eq!(ok(2.5), Ok(Duration::from_millis(2500)));
+        assert_eq!(ok(300.0), Ok(Duration::from_secs(300)));
+        for bad in [f64::INFINITY, f64::NEG_INFINITY, f64::NAN, -1.0, 300.5, 1e300] {
+            let e = ok(bad).unwrap_err();
+            assert!(e.starts_with("MLOPS_X must be a number of seconds from 0 to 300, got "), "{e}");
+        }
     }
 }

@@ -141,6 +141,9 @@ pub struct Batch {
     pub rows: usize,
     pub x: Vec<f64>,
     pub outputs: Outputs,
+    /// Where the rows came from, for errors about a row: `inputs[0].data`, or
+    /// `inputs` for one tensor per feature.
+    pub source: &'static str,
 }
 
 /// Name of the probabilities output (the name scikit-learn servers use).
@@ -184,6 +187,14 @@ fn check_datatype(i: usize, t: &InputTensor) -> Result<(), BadRequest> {
         return Err(BadRequest::new(
             format!("inputs[{i}].data[{at}]"),
             format!("{} tensor holds a non-integer", t.datatype),
+        ));
+    }
+    if t.datatype == "FP32"
+        && let Some(at) = t.data.values.iter().position(|v| (*v as f32).is_infinite())
+    {
+        return Err(BadRequest::new(
+            format!("inputs[{i}].data[{at}]"),
+            format!("{:e} does not fit in FP32", t.data.values[at]),
         ));
     }
     if t.datatype.starts_with('U')
@@ -237,7 +248,7 @@ pub fn decode(mut req: InferRequest, features: &[String], regression: bool) -> R
     for (i, t) in req.inputs.iter().enumerate() {
         check_datatype(i, t)?;
     }
-    let (rows, x) = if req.inputs.len() == 1 {
+    let (rows, x, source) = if req.inputs.len() == 1 {
         let t = &req.inputs[0];
         values(0, t)?;
         let rows = match *t.shape.as_slice() {
@@ -257,7 +268,7 @@ pub fn decode(mut req: InferRequest, features: &[String], regression: bool) -> R
         if fp32 {
             x.iter_mut().for_each(|v| *v = *v as f32 as f64);
         }
-        (rows, x)
+        (rows, x, "inputs[0].data")
     } else {
         // Column layout: one tensor per feature, matched by name.
         if req.inputs.len() != f {
@@ -304,7 +315,7 @@ pub fn decode(mut req: InferRequest, features: &[String], regression: bool) -> R
         for r in 0..rows {
             x.extend(columns.iter().map(|t| at_precision(t, t.data.values[r])));
         }
-        (rows, x)
+        (rows, x, "inputs")
     };
     if rows == 0 {
         return Err(BadRequest::new("inputs[0].shape", "the batch has no rows"));
@@ -332,7 +343,7 @@ pub fn decode(mut req: InferRequest, features: &[String], regression: bool) -> R
             }
         }
     }
-    Ok(Batch { id: req.id, rows, x, outputs })
+    Ok(Batch { id: req.id, rows, x, outputs, source })
 }
 
 /// Appends `s` as a JSON string literal.
@@ -372,6 +383,7 @@ mod tests {
         .unwrap();
         assert_eq!(flat.x, nested.x);
         assert_eq!((nested.rows, nested.id.as_deref()), (2, Some("r1")));
+        assert_eq!(nested.source, "inputs[0].data");
         let one = decode_str(r#"{"inputs":[{"name":"x","shape":[3],"datatype":"FP32","data":[0.1,2,3]}]}"#)
             .unwrap();
         assert_eq!(one.rows, 1);
@@ -388,6 +400,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(b.x, [1.0, 3.0, 5.0, 2.0, 4.0, 6.0]);
+        assert_eq!(b.source, "inputs");
     }
 
     #[test]
@@ -433,6 +446,10 @@ mod tests {
             ),
             (
                 r#"{"inputs":[{"name":"x","shape":[1,3],"datatype":"UINT8","data":[1,-2,3]}]}"#,
+                "inputs[0].data[1]",
+            ),
+            (
+                r#"{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,1e308,3]}]}"#,
                 "inputs[0].data[1]",
             ),
             (r#"{"inputs":[{"name":"x","shape":[2,3],"datatype":"FP64","data":[1,2,3]}]}"#, "inputs[0].data"),

@@ -70,6 +70,7 @@ pub fn serve_config(model: &Path) -> ServeConfig {
         max_body_bytes: 64 * 1024,
         drift_window: 500,
         drift_min_rows: 100,
+        shutdown_delay: Duration::ZERO,
         drain: Duration::from_secs(5),
         faults: Faults::default(),
     }
@@ -113,9 +114,16 @@ impl TestServer {
         panic!("server did not become ready");
     }
 
+    /// Sends the shutdown signal (as SIGTERM would) without waiting.
+    pub fn signal_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
     /// Stops the server and returns how `serve::run` ended.
     pub fn stop(mut self) -> Result<(), String> {
-        let _ = self.stop.take().unwrap().send(());
+        self.signal_shutdown();
         self.thread.take().unwrap().join().unwrap()
     }
 
