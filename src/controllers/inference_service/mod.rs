@@ -201,32 +201,34 @@ async fn reconcile(isvc: Arc<InferenceService>, ctx: Arc<Context>) -> Result<Act
     let stable_version = status.stable.as_ref().map(|s| s.version.clone());
     let canary_version = status.canary.as_ref().map(|c| c.version.clone());
 
+    // One list of the service's pods per pass, and only when something looks at them: the
+    // canary's health, the stable's problem while none of its pods is Ready, the gates.
+    let stable_unready = stable_version.as_deref().is_some_and(|v| ready_of(Some(v)) == 0);
+    let service_pods: Vec<Pod> = if canary_version.is_some() || stable_unready || gate::enabled(&isvc) {
+        pods.list(&ListParams::default().labels(&selector)).await?.items
+    } else {
+        Vec::new()
+    };
+    let pods_of = |version: &str| -> Vec<Pod> {
+        service_pods
+            .iter()
+            .filter(|p| p.labels().get(api::LABEL_MODEL_VERSION).map(String::as_str) == Some(version))
+            .cloned()
+            .collect()
+    };
+    let health_check =
+        isvc.spec.rollout.as_ref().and_then(|r| r.analysis.as_ref()).and_then(|a| a.health.as_ref());
     let health = match &canary_version {
-        Some(v) => {
-            let list = pods
-                .list(&ListParams::default().labels(&format!("{selector},{}={v}", api::LABEL_MODEL_VERSION)))
-                .await?;
-            let check =
-                isvc.spec.rollout.as_ref().and_then(|r| r.analysis.as_ref()).and_then(|a| a.health.as_ref());
-            version_health(&list.items, check, &now)
-        }
+        Some(v) => version_health(&pods_of(v), health_check, &now),
         None => Health::Pending("no canary".into()),
     };
-
-    // The stable version's pods are looked at only while none is Ready: then Ready=False
-    // can say why (a crash loop, an image that cannot be pulled) instead of "not yet".
-    let stable_problem = match &stable_version {
-        Some(v) if ready_of(Some(v)) == 0 => {
-            let list = pods
-                .list(&ListParams::default().labels(&format!("{selector},{}={v}", api::LABEL_MODEL_VERSION)))
-                .await?;
-            let check =
-                isvc.spec.rollout.as_ref().and_then(|r| r.analysis.as_ref()).and_then(|a| a.health.as_ref());
-            match version_health(&list.items, check, &now) {
-                Health::Failed { message, .. } => Some(message),
-                _ => None,
-            }
-        }
+    // While none of the stable's pods is Ready, Ready=False can say why (a crash loop, an
+    // image that cannot be pulled) instead of "not yet".
+    let stable_problem = match (&stable_version, stable_unready) {
+        (Some(v), true) => match version_health(&pods_of(v), health_check, &now) {
+            Health::Failed { message, .. } => Some(message),
+            _ => None,
+        },
         _ => None,
     };
 
@@ -309,7 +311,7 @@ async fn reconcile(isvc: Arc<InferenceService>, ctx: Arc<Context>) -> Result<Act
         None => delete_if_present(&hpas, &name).await?,
     }
 
-    let gate_recheck = open_gates(&ctx, &isvc, &pods, &selector, &plan.status, &now).await?;
+    let gate_recheck = open_gates(&ctx, &isvc, &pods, &service_pods, &plan.status, &now).await?;
 
     if isvc.status.as_ref() != Some(&plan.status) {
         apply_status(&Api::<InferenceService>::namespaced(client, &ns), isvc.as_ref(), &plan.status).await?;
@@ -333,17 +335,16 @@ async fn open_gates(
     ctx: &Context,
     isvc: &InferenceService,
     pods: &Api<Pod>,
-    selector: &str,
+    list: &[Pod],
     status: &InferenceServiceStatus,
     now: &Time,
 ) -> Result<Option<std::time::Duration>> {
     if !gate::enabled(isvc) {
         return Ok(None);
     }
-    let list = pods.list(&ListParams::default().labels(selector)).await?.items;
     let stable = status.stable.as_ref().map(|s| s.version.as_str());
     let mut recheck: Option<std::time::Duration> = None;
-    for pod in gate::closed(&list) {
+    for pod in gate::closed(list) {
         let name = pod.name_any();
         let scrapes = match &ctx.prometheus {
             Some(p) if gate::needs_scrape_check(pod, stable, now) => {
