@@ -121,6 +121,14 @@ pub(crate) const STORAGE_URI_RULE: &str =
 pub(crate) const PVC_URI_RULE: &str =
     "!self.startsWith('pvc://') || self.matches('^pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/.*)?$')";
 pub(crate) const PVC_URI_MESSAGE: &str = "a pvc:// uri must look like pvc://<claim-name>/<path>";
+
+/// The claim and the path inside it of a `pvc://<claim>/<path>` URI; `None` for any other
+/// scheme. The one place that splits such a URI (the trainer's mounts, the server's, the
+/// result check).
+pub fn pvc_parts(uri: &str) -> Option<(&str, &str)> {
+    let rest = uri.strip_prefix("pvc://")?;
+    Some(rest.split_once('/').unwrap_or((rest, "")))
+}
 /// Digest pins: `sha256:` and 64 lowercase hex digits.
 pub(crate) const DIGEST_RULE: &str = "self.matches('^sha256:[0-9a-f]{64}$')";
 pub(crate) const DIGEST_MESSAGE: &str = "digest must be sha256: followed by 64 lowercase hex digits";

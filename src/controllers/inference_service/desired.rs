@@ -111,9 +111,8 @@ pub fn deployment(isvc: &InferenceService, mv: &ModelVersion, replicas: i32) -> 
     let mut selector = selector_labels(isvc);
     selector.insert(api::LABEL_MODEL_VERSION.into(), version.clone());
 
-    let (model_uri, volume) = match mv.spec.artifact.uri.strip_prefix("pvc://") {
-        Some(rest) => {
-            let (claim, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let (model_uri, volume) = match api::model_version::pvc_parts(&mv.spec.artifact.uri) {
+        Some((claim, path)) => {
             let volume = Volume {
                 name: "model".into(),
                 persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {

@@ -316,8 +316,7 @@ fn pod_template(
 /// A `pvc://claim/path` URI becomes a mounted claim and a `file://` path inside the pod;
 /// `file://` and `s3://` pass through unchanged.
 pub(super) fn local_uri(uri: &str, role: &str, read_only: bool) -> (String, Option<(Volume, VolumeMount)>) {
-    let Some(rest) = uri.strip_prefix("pvc://") else { return (uri.to_string(), None) };
-    let (claim, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let Some((claim, path)) = api::model_version::pvc_parts(uri) else { return (uri.to_string(), None) };
     let volume_name = format!("{role}-pvc");
     let mount_path = format!("{PVC_MOUNT_ROOT}/{role}");
     let volume = Volume {

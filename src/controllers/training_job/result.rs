@@ -233,8 +233,7 @@ fn shown(value: &str) -> String {
 /// needs a claim of lowercase letters, digits, `-` and `.` that starts and ends with a
 /// letter or digit, then nothing or `/` and a path without a newline (the rule's `.*`).
 fn is_pvc_uri(uri: &str) -> bool {
-    let Some(rest) = uri.strip_prefix("pvc://") else { return true };
-    let (claim, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let Some((claim, path)) = crate::api::model_version::pvc_parts(uri) else { return true };
     let edge = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
     let b = claim.as_bytes();
     !b.is_empty()
