@@ -3,7 +3,10 @@
 //! apply helpers. Each kind's `mod.rs` is the thin I/O shell around pure `desired` and
 //! `status` functions.
 
+pub mod apply;
 pub mod inference_service;
+#[cfg(test)]
+pub mod mock_api;
 pub mod model_version;
 pub mod training_job;
 
@@ -24,6 +27,8 @@ use kube::{
 use serde::{Serialize, de::DeserializeOwned};
 use tracing::warn;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
 use crate::{api::FIELD_MANAGER, metrics::Metrics};
 
 /// What every reconcile needs.
@@ -37,8 +42,9 @@ pub struct Context {
     pub watch_namespace: Option<String>,
     /// The reference runtime image, which runs the data trigger's dataset checks.
     pub runtime_image: String,
-    /// Consecutive failed reconciles per object, for exponential backoff.
-    failures: Mutex<HashMap<String, u32>>,
+    /// Consecutive failed reconciles per object, for exponential backoff, and the last
+    /// failure's message (a Warning Event is published once per distinct failure).
+    failures: Mutex<HashMap<String, (u32, String)>>,
 }
 
 impl Context {
@@ -92,7 +98,7 @@ impl Context {
     ) -> Action {
         let attempt = {
             let mut failures = self.failures.lock().expect("failures lock");
-            let n = failures.entry(Self::key(obj)).or_insert(0);
+            let (n, _) = failures.entry(Self::key(obj)).or_default();
             *n = n.saturating_add(1);
             *n - 1
         };
@@ -100,6 +106,40 @@ impl Context {
         let delay = backoff(attempt);
         warn!(controller, object = %Self::key(obj), error = %err, retry_in = ?delay, "reconcile failed");
         Action::requeue(delay)
+    }
+
+    /// Makes a failed pass visible on `obj`: `Ready=False` (and `Stalled=True` when a human
+    /// must act) with the reason and the API server's message, written only when it
+    /// changes, and one Warning Event per distinct failure. Best effort: the error itself
+    /// still goes to [`Context::error_action`] for the backoff.
+    pub async fn report_failure<K: Reported>(&self, obj: &K, err: &Error) {
+        let Some(failure) = apply::Failure::of(err) else { return };
+        let new = {
+            let mut failures = self.failures.lock().expect("failures lock");
+            let (_, last) = failures.entry(Self::key(obj)).or_default();
+            let new = *last != failure.message;
+            last.clone_from(&failure.message);
+            new
+        };
+        // The watch cache's copy may be older than our last status write: read it fresh so
+        // the failure condition is added to the status as it is, not as it was.
+        let api: Api<K> = Api::namespaced(self.client.clone(), &obj.namespace().unwrap_or_default());
+        match api.get_opt(&obj.name_any()).await {
+            Ok(Some(fresh)) if fresh.meta().deletion_timestamp.is_none() => {
+                let mut status = fresh.status_or_default();
+                let now = Time(k8s_openapi::jiff::Timestamp::now());
+                if failure.apply_to(K::conditions_mut(&mut status), fresh.meta().generation, &now)
+                    && let Err(e) = apply_status(&api, &fresh, &status).await
+                {
+                    warn!(error = %e, "writing the failure condition failed");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "reading the object to report a failure failed"),
+        }
+        if new {
+            self.event(obj, EventType::Warning, failure.reason, "Reconcile", failure.message).await;
+        }
     }
 
     /// Publishes an Event about `obj`. Events are best effort: a failure is logged, never
@@ -127,11 +167,59 @@ impl Context {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("Kubernetes API: {0}")]
+    #[error("Kubernetes API: {}", api_message(.0))]
     Kube(#[from] kube::Error),
+    /// A step on one child object failed: "apply Service iris-stable: <why>".
+    #[error("{step} {kind} {name}: {}", api_message(.source))]
+    Child { step: &'static str, kind: String, name: String, source: Box<kube::Error> },
     #[error("serializing an object: {0}")]
     Serialize(#[from] serde_json::Error),
 }
+
+impl Error {
+    pub fn child(step: &'static str, kind: &str, name: &str, source: kube::Error) -> Error {
+        Error::Child { step, kind: kind.into(), name: name.into(), source: Box::new(source) }
+    }
+}
+
+/// The API server's own message for an API error (what a user can act on), else the
+/// client error.
+fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) if !s.message.is_empty() => s.message.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A kind whose failed passes [`Context::report_failure`] can show in its conditions.
+pub trait Reported:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + std::fmt::Debug
+{
+    type Status: Serialize + Default;
+    /// The stored status, or an empty one.
+    fn status_or_default(&self) -> Self::Status;
+    fn conditions_mut(status: &mut Self::Status) -> &mut Vec<crate::api::Condition>;
+}
+
+macro_rules! reported {
+    ($kind:ty, $status:ty) => {
+        impl Reported for $kind {
+            type Status = $status;
+            fn status_or_default(&self) -> $status {
+                self.status.clone().unwrap_or_default()
+            }
+            fn conditions_mut(status: &mut $status) -> &mut Vec<crate::api::Condition> {
+                &mut status.conditions
+            }
+        }
+    };
+}
+reported!(crate::api::TrainingJob, crate::api::TrainingJobStatus);
+reported!(crate::api::ModelVersion, crate::api::ModelVersionStatus);
+reported!(crate::api::InferenceService, crate::api::InferenceServiceStatus);
 
 impl Error {
     /// A short static label for the errors metric.
@@ -141,6 +229,13 @@ impl Error {
             Error::Kube(kube::Error::Api(s)) if s.code == 404 => "not_found",
             Error::Kube(kube::Error::Api(_)) => "api_error",
             Error::Kube(_) => "transport",
+            Error::Child { source, .. } if matches!(&**source, kube::Error::Api(s) if s.code == 409) => {
+                "conflict"
+            }
+            Error::Child { source, .. } if matches!(&**source, kube::Error::Api(s) if s.code == 422 || s.code == 400) => {
+                "child_rejected"
+            }
+            Error::Child { .. } => "child_error",
             Error::Serialize(_) => "serialize",
         }
     }

@@ -1,0 +1,295 @@
+//! The one applier every controller uses, and how a failed pass becomes visible.
+//!
+//! A kind's pure `plan` says which children should exist; [`Applier::apply`] server-side
+//! applies each one, and [`Applier::prune`] deletes every child of the listed kinds that
+//! carries the owner's labels and the owner's controller reference but is no longer
+//! desired. An object without our controller reference is never touched, even when its
+//! labels match: it is not ours.
+//!
+//! Errors name the step and the object ("apply Service iris-stable: …"), and
+//! [`Failure::of`] turns one into the condition and Warning Event a user sees.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams},
+};
+use serde::Serialize;
+
+use super::{Error, Result};
+use crate::api::{
+    FIELD_MANAGER,
+    conditions::{self as cond, Condition},
+};
+
+/// One desired child: the object and the resource it is served as.
+#[derive(Clone, Debug)]
+pub struct Child {
+    pub resource: ApiResource,
+    pub object: DynamicObject,
+}
+
+impl Child {
+    /// A typed object (with `metadata.name` set) as a child.
+    pub fn of<K>(obj: &K) -> Result<Child>
+    where
+        K: Resource<DynamicType = ()> + Serialize,
+    {
+        let resource = ApiResource::erase::<K>(&());
+        Child::dynamic(resource, serde_json::to_value(obj)?)
+    }
+
+    /// An untyped object (for kinds this crate has no type for, such as HTTPRoute).
+    pub fn dynamic(resource: ApiResource, mut value: serde_json::Value) -> Result<Child> {
+        value["apiVersion"] = resource.api_version.clone().into();
+        value["kind"] = resource.kind.clone().into();
+        Ok(Child { object: serde_json::from_value(value)?, resource })
+    }
+
+    pub fn name(&self) -> String {
+        self.object.name_any()
+    }
+
+    /// `(kind, name)`: what [`Applier::prune`] keeps.
+    pub fn key(&self) -> (String, String) {
+        (self.resource.kind.clone(), self.name())
+    }
+}
+
+/// Applies and prunes the children of one owner, in the owner's namespace.
+pub struct Applier {
+    client: Client,
+    namespace: String,
+    owner_uid: String,
+    /// The label selector every child of this owner carries.
+    selector: String,
+}
+
+impl Applier {
+    pub fn new(client: Client, namespace: &str, owner_uid: &str, selector: &str) -> Applier {
+        Applier {
+            client,
+            namespace: namespace.into(),
+            owner_uid: owner_uid.into(),
+            selector: selector.into(),
+        }
+    }
+
+    fn api(&self, resource: &ApiResource) -> Api<DynamicObject> {
+        Api::namespaced_with(self.client.clone(), &self.namespace, resource)
+    }
+
+    /// Server-side applies `child` with the operator's field manager, taking the fields it
+    /// sends.
+    pub async fn apply(&self, child: &Child) -> Result<DynamicObject> {
+        let name = child.name();
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        self.api(&child.resource)
+            .patch(&name, &params, &Patch::Apply(&child.object))
+            .await
+            .map_err(|e| Error::child("apply", &child.resource.kind, &name, e))
+    }
+
+    /// Applies every child in order.
+    pub async fn apply_all(&self, children: &[Child]) -> Result<()> {
+        for child in children {
+            self.apply(child).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes every object of `kinds` that this owner controls and that `keep` (by kind
+    /// and name) does not name. Returns what was deleted, as `(kind, name)`.
+    pub async fn prune(
+        &self,
+        kinds: &[ApiResource],
+        keep: &BTreeSet<(String, String)>,
+    ) -> Result<Vec<(String, String)>> {
+        let mut pruned = Vec::new();
+        for resource in kinds {
+            let api = self.api(resource);
+            let listed = api
+                .list_metadata(&ListParams::default().labels(&self.selector))
+                .await
+                .map_err(|e| Error::child("list", &resource.plural, &self.selector, e))?;
+            for obj in listed.items {
+                let name = obj.name_any();
+                let ours = controlled_by(&obj.metadata, &self.owner_uid);
+                let wanted = keep.contains(&(resource.kind.clone(), name.clone()));
+                if !ours || wanted || obj.metadata.deletion_timestamp.is_some() {
+                    continue;
+                }
+                match api.delete(&name, &DeleteParams::background()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(e) => return Err(Error::child("delete", &resource.kind, &name, e)),
+                }
+                pruned.push((resource.kind.clone(), name));
+            }
+        }
+        Ok(pruned)
+    }
+}
+
+/// Whether `meta` has a controller owner reference to the object with `uid`.
+pub fn controlled_by(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, uid: &str) -> bool {
+    meta.owner_references.iter().flatten().any(|r| r.controller == Some(true) && r.uid == uid)
+}
+
+/// The keep set for [`Applier::prune`] from the children just applied.
+pub fn keys<'a>(children: impl IntoIterator<Item = &'a Child>) -> BTreeSet<(String, String)> {
+    children.into_iter().map(Child::key).collect()
+}
+
+/// A failed pass as the user sees it: a condition reason, the message, and whether it
+/// needs a human (`Stalled=True`) or may pass by itself (`Ready=False`, retried).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Failure {
+    pub reason: &'static str,
+    pub message: String,
+    pub stalled: bool,
+}
+
+/// The API server refused a child (invalid object): the spec must change.
+pub const REASON_CHILD_REJECTED: &str = "ChildRejected";
+/// The operator may not do what the pass needs (RBAC, admission policy).
+pub const REASON_FORBIDDEN: &str = "Forbidden";
+/// Anything else (API server unreachable, timeouts): retried with backoff.
+pub const REASON_RECONCILE_FAILED: &str = "ReconcileFailed";
+
+impl Failure {
+    /// What `err` means for the user; `None` for an optimistic-concurrency conflict, which
+    /// the next pass resolves by itself and is not worth a condition or an Event.
+    pub fn of(err: &Error) -> Option<Failure> {
+        let status = match err {
+            Error::Kube(kube::Error::Api(s)) => Some(s),
+            Error::Child { source, .. } => match &**source {
+                kube::Error::Api(s) => Some(s),
+                _ => None,
+            },
+            _ => None,
+        };
+        let (reason, stalled) = match status {
+            Some(s) if s.code == 409 => return None,
+            Some(s) if s.code == 422 || s.code == 400 => (REASON_CHILD_REJECTED, true),
+            Some(s) if s.code == 403 => (REASON_FORBIDDEN, true),
+            _ => (REASON_RECONCILE_FAILED, false),
+        };
+        Some(Failure { reason, message: err.to_string(), stalled })
+    }
+
+    /// Writes this failure into `conditions`: `Ready=False` with the reason and message,
+    /// and `Stalled=True` when a human must act, else `Reconciling=True` (it is retried).
+    /// Returns whether anything changed, so an unchanged failure writes nothing.
+    pub fn apply_to(&self, conditions: &mut Vec<Condition>, generation: Option<i64>, now: &Time) -> bool {
+        let mut set = |type_: &str, status: &str| {
+            let c = cond::new_condition(type_, status, self.reason, &self.message, generation, now.clone());
+            cond::set_condition(conditions, c, now.clone())
+        };
+        let ready = set(cond::READY, cond::STATUS_FALSE);
+        let other = if self.stalled {
+            set(cond::STALLED, cond::STATUS_TRUE)
+        } else {
+            set(cond::RECONCILING, cond::STATUS_TRUE)
+        };
+        ready || other
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::Status;
+
+    fn api_error(code: u16, message: &str) -> kube::Error {
+        kube::Error::Api(Status::failure(message, "Invalid").with_code(code).boxed())
+    }
+
+    fn t(secs: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap())
+    }
+
+    #[test]
+    fn a_refused_child_stalls_and_names_the_step_and_object() {
+        let err =
+            Error::child("apply", "Service", "iris-stable", api_error(422, "metadata.name: Invalid value"));
+        let f = Failure::of(&err).unwrap();
+        assert_eq!(f.reason, REASON_CHILD_REJECTED);
+        assert!(f.stalled);
+        assert_eq!(f.message, "apply Service iris-stable: metadata.name: Invalid value");
+    }
+
+    #[test]
+    fn conflicts_are_not_failures_and_transport_errors_are_retried() {
+        assert_eq!(Failure::of(&Error::Kube(api_error(409, "conflict"))), None);
+        let f = Failure::of(&Error::Kube(api_error(500, "etcd timeout"))).unwrap();
+        assert_eq!((f.reason, f.stalled), (REASON_RECONCILE_FAILED, false));
+        let f = Failure::of(&Error::Kube(api_error(403, "forbidden"))).unwrap();
+        assert_eq!((f.reason, f.stalled), (REASON_FORBIDDEN, true));
+    }
+
+    #[test]
+    fn a_failure_sets_ready_false_and_stalled_once() {
+        let f = Failure { reason: REASON_CHILD_REJECTED, message: "apply X y: bad".into(), stalled: true };
+        let mut conds = Vec::new();
+        assert!(f.apply_to(&mut conds, Some(2), &t(10)));
+        assert!(cond::is_false(&conds, cond::READY));
+        assert!(cond::is_true(&conds, cond::STALLED));
+        assert_eq!(cond::find(&conds, cond::READY).unwrap().message, "apply X y: bad");
+        // The same failure again changes nothing: no write, no hot loop.
+        assert!(!f.apply_to(&mut conds, Some(2), &t(20)));
+    }
+
+    #[test]
+    fn only_children_under_our_controller_reference_are_ours() {
+        let meta: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta =
+            serde_json::from_value(serde_json::json!({
+                "name": "x",
+                "ownerReferences": [
+                    {"apiVersion": "v1", "kind": "A", "name": "a", "uid": "other", "controller": true},
+                    {"apiVersion": "v1", "kind": "B", "name": "b", "uid": "mine", "controller": false}
+                ]
+            }))
+            .unwrap();
+        assert!(!controlled_by(&meta, "mine"));
+        assert!(controlled_by(&meta, "other"));
+    }
+
+    #[test]
+    fn children_carry_their_type() {
+        let svc: k8s_openapi::api::core::v1::Service =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "iris"}})).unwrap();
+        let child = Child::of(&svc).unwrap();
+        assert_eq!(child.key(), ("Service".to_string(), "iris".to_string()));
+        assert_eq!(child.object.types.as_ref().unwrap().api_version, "v1");
+    }
+
+    #[tokio::test]
+    async fn prune_deletes_only_undesired_children_under_our_controller_reference() {
+        use crate::controllers::mock_api::{self, Call};
+        let owned = |name: &str, uid: &str| {
+            serde_json::json!({"metadata": {"name": name, "ownerReferences": [
+                {"apiVersion": "mlops.dev/v1alpha1", "kind": "InferenceService", "name": "iris", "uid": uid, "controller": true}
+            ]}})
+        };
+        let (client, log) = mock_api::client(move |call: &Call| match call.method.as_str() {
+            "GET" => mock_api::list(
+                "Service",
+                vec![owned("iris", "mine"), owned("iris-stable", "mine"), owned("theirs", "other")],
+            ),
+            "DELETE" => (200, serde_json::json!({"kind": "Status", "status": "Success"})),
+            _ => mock_api::status(405, "MethodNotAllowed", "unexpected"),
+        });
+        let applier = Applier::new(client, "ns", "mine", "mlops.dev/inference-service=iris");
+        let keep = BTreeSet::from([("Service".to_string(), "iris".to_string())]);
+        let services = ApiResource::erase::<k8s_openapi::api::core::v1::Service>(&());
+        let pruned = applier.prune(&[services], &keep).await.unwrap();
+        assert_eq!(pruned, vec![("Service".to_string(), "iris-stable".to_string())]);
+        assert_eq!(
+            mock_api::lines(&log),
+            vec!["GET /api/v1/namespaces/ns/services", "DELETE /api/v1/namespaces/ns/services/iris-stable",]
+        );
+    }
+}
