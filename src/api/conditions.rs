@@ -30,7 +30,6 @@ pub const DELETION_BLOCKED: &str = "DeletionBlocked";
 /// Values of `Condition.status`.
 pub const STATUS_TRUE: &str = "True";
 pub const STATUS_FALSE: &str = "False";
-pub const STATUS_UNKNOWN: &str = "Unknown";
 
 /// `"True"` or `"False"`.
 pub fn status_str(value: bool) -> &'static str {
@@ -102,12 +101,6 @@ pub fn is_false(conditions: &[Condition], type_: &str) -> bool {
     find(conditions, type_).is_some_and(|c| c.status == STATUS_FALSE)
 }
 
-/// Whether the condition of `type_` is `True` and was computed for `generation`
-/// (what newer `kubectl wait` requires).
-pub fn is_true_for(conditions: &[Condition], type_: &str, generation: Option<i64>) -> bool {
-    find(conditions, type_).is_some_and(|c| c.status == STATUS_TRUE && c.observed_generation == generation)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,7 +112,7 @@ mod tests {
     #[test]
     fn set_condition_inserts_with_now() {
         let mut cs = vec![];
-        let c = new_condition(READY, STATUS_UNKNOWN, "Progressing", "starting", Some(1), t(0));
+        let c = new_condition(READY, "Unknown", "Progressing", "starting", Some(1), t(0));
         assert!(set_condition(&mut cs, c, t(10)));
         assert_eq!(cs.len(), 1);
         assert_eq!(cs[0].last_transition_time, t(10));
@@ -168,13 +161,5 @@ mod tests {
         assert!(remove_condition(&mut cs, STALLED));
         assert!(!remove_condition(&mut cs, STALLED));
         assert_eq!(cs.len(), 1);
-    }
-
-    #[test]
-    fn is_true_for_checks_generation() {
-        let mut cs = vec![];
-        set_condition(&mut cs, new_condition(READY, STATUS_TRUE, "R", "", Some(2), t(0)), t(1));
-        assert!(is_true_for(&cs, READY, Some(2)));
-        assert!(!is_true_for(&cs, READY, Some(3)));
     }
 }
