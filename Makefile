@@ -25,7 +25,7 @@ cluster-down: ## stop the local cluster and everything it started
 	hack/cluster.sh down
 
 .PHONY: generate
-generate: ## regenerate committed generated files (CRDs, the chart's CRD copy, manifests/install.yaml)
+generate: ## regenerate committed generated files (CRDs, the chart's CRD copy and RBAC rules, manifests/install.yaml)
 	hack/verify-generated.sh --update
 
 .PHONY: verify

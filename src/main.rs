@@ -1,9 +1,10 @@
 //! mlops-operator: one process that runs every controller of the `mlops.dev` API.
 //!
 //! `run` starts the controllers behind leader election and serves `/metrics`, `/healthz`
-//! and `/readyz`; `crd` prints the CustomResourceDefinitions generated from `api/`.
+//! and `/readyz`; `crd` prints the CustomResourceDefinitions generated from `api/`, and
+//! `rbac` the permissions the operator needs (from `rbac.rs`).
 
-use mlops_operator::{api, controllers, http, leader, metrics, telemetry};
+use mlops_operator::{api, controllers, http, leader, metrics, rbac, telemetry};
 
 use std::{
     net::SocketAddr,
@@ -33,6 +34,29 @@ enum Command {
     Run(RunArgs),
     /// Print the CustomResourceDefinitions as YAML.
     Crd,
+    /// Print the RBAC rules the operator needs, as the YAML `rules` list of a Role.
+    Rbac(RbacArgs),
+}
+
+/// Name of the leader-election Lease unless `--lease-name` says otherwise.
+const DEFAULT_LEASE_NAME: &str = "mlops-operator-leader";
+
+#[derive(clap::Args)]
+struct RbacArgs {
+    /// Which Role's rules.
+    #[arg(value_enum, default_value = "operator")]
+    role: RbacRole,
+    /// The Lease the leader-election rules grant.
+    #[arg(long, default_value = DEFAULT_LEASE_NAME)]
+    lease_name: String,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RbacRole {
+    /// The controllers' ClusterRole (a Role in the watched namespace when it watches one).
+    Operator,
+    /// Leader election, a Role in the operator's own namespace.
+    LeaderElection,
 }
 
 #[derive(clap::Args)]
@@ -60,7 +84,7 @@ struct RunArgs {
     #[arg(long, env = "MLOPS_RUNTIME_IMAGE", default_value = controllers::inference_service::desired::MLOPS_RUNTIME_IMAGE)]
     runtime_image: String,
     /// Name of the leader-election Lease.
-    #[arg(long, default_value = "mlops-operator-leader")]
+    #[arg(long, default_value = DEFAULT_LEASE_NAME)]
     lease_name: String,
     /// Seconds a leader's claim lasts without renewal.
     #[arg(long, default_value_t = 15)]
@@ -75,6 +99,15 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crd => {
             print!("{}", api::crds_yaml());
+            Ok(())
+        }
+        Command::Rbac(args) => {
+            match args.role {
+                RbacRole::Operator => print!("{}", rbac::rules_yaml(rbac::OPERATOR)),
+                RbacRole::LeaderElection => {
+                    print!("{}", rbac::rules_yaml(&rbac::leader_election(&args.lease_name)))
+                }
+            }
             Ok(())
         }
         Command::Run(args) => run(args).await,
