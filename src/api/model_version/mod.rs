@@ -28,8 +28,8 @@ pub const MAX_FAILED_IN: usize = 16;
 /// Longest storage URI (a TrainingJob's dataset and output, `artifact.uri`,
 /// `lineage.dataset.uri`), in characters.
 pub const MAX_URI_LEN: usize = 2048;
-/// Longest digest field (`sha256:` and 64 hex digits is 71), in characters.
-pub const MAX_DIGEST_LEN: usize = 71;
+/// Longest digest field: `sha256:` and 64 hex digits (see `DIGEST_RULE`), in characters.
+pub const MAX_DIGEST_LEN: usize = "sha256:".len() + 64;
 /// Longest `artifact.format`, in characters.
 pub const MAX_FORMAT_LEN: usize = 63;
 /// Most entries of `lineage.dataset.validationReport`.

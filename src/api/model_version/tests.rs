@@ -55,3 +55,10 @@ fn crd_has_immutability_and_gate_rules() {
     assert!(crd.contains(r#""enum":[">=","<=",">","<"]"#));
     assert!(crd.contains(r#""shortNames":["mv"]"#));
 }
+
+/// The CEL rule spells its digit count out; the schema's maxLength comes from the constant.
+#[test]
+fn digest_rule_and_max_length_agree() {
+    let digits = MAX_DIGEST_LEN - "sha256:".len();
+    assert!(DIGEST_RULE.contains(&format!("^sha256:[0-9a-f]{{{digits}}}$")), "{DIGEST_RULE}");
+}
