@@ -38,10 +38,14 @@ pub mod trainer_env {
 
 /// Environment variables the operator sets on serving containers.
 pub mod server_env {
+    /// `spec.model` of the InferenceService.
+    pub const MODEL_NAME: &str = "MLOPS_MODEL_NAME";
     /// The served ModelVersion's artifact location, name and digest.
     pub const MODEL_URI: &str = "MLOPS_MODEL_URI";
     pub const MODEL_VERSION: &str = "MLOPS_MODEL_VERSION";
     pub const MODEL_DIGEST: &str = "MLOPS_MODEL_DIGEST";
     /// The port the server listens on.
     pub const HTTP_PORT: &str = "MLOPS_HTTP_PORT";
+    /// Test-only fault injection variables (`MLOPS_FAULT_ERROR_RATE`, …) start with this.
+    pub const FAULT_PREFIX: &str = "MLOPS_FAULT_";
 }
