@@ -1,6 +1,7 @@
 //! `mlops-runtime train | serve | digest`: the reference trainer, the model server, and
 //! the dataset digest the operator's data trigger runs.
-//! Every flag mirrors an environment variable of the pod contract (DESIGN.md §3).
+//! Every flag mirrors an environment variable of the pod contract
+//! (`contract::trainer_env`, `contract::server_env`).
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Args, CommandFactory, Parser, Subcommand};
