@@ -2,6 +2,8 @@
 //! environment variable names it sets, the trainer's result document and its limits. The
 //! operator and the reference runtime both depend on this crate, so the two cannot drift.
 
+pub mod result;
+
 /// Environment variables the operator sets on trainer containers (and the reference
 /// trainer reads). Every value is a string; JSON where noted.
 pub mod trainer_env {
@@ -28,16 +30,22 @@ pub mod trainer_env {
     /// Distributed runs: the number of workers and this worker's rank.
     pub const WORKERS: &str = "MLOPS_WORKERS";
     pub const RANK: &str = "MLOPS_RANK";
-    /// Where the trainer writes its result (defaults to `/dev/termination-log`).
+    /// Where the trainer writes its result (defaults to [`DEFAULT_TERMINATION_MESSAGE_PATH`]).
     pub const TERMINATION_MESSAGE_PATH: &str = "MLOPS_TERMINATION_MESSAGE_PATH";
+    /// The kubelet's default termination message path, where the operator reads the result.
+    pub const DEFAULT_TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
 }
 
 /// Environment variables the operator sets on serving containers.
 pub mod server_env {
+    /// `spec.model` of the InferenceService.
+    pub const MODEL_NAME: &str = "MLOPS_MODEL_NAME";
     /// The served ModelVersion's artifact location, name and digest.
     pub const MODEL_URI: &str = "MLOPS_MODEL_URI";
     pub const MODEL_VERSION: &str = "MLOPS_MODEL_VERSION";
     pub const MODEL_DIGEST: &str = "MLOPS_MODEL_DIGEST";
     /// The port the server listens on.
     pub const HTTP_PORT: &str = "MLOPS_HTTP_PORT";
+    /// Test-only fault injection variables (`MLOPS_FAULT_ERROR_RATE`, …) start with this.
+    pub const FAULT_PREFIX: &str = "MLOPS_FAULT_";
 }

@@ -1,6 +1,6 @@
 //! Metrics on the held-out rows: statistical quality and computational cost.
 //!
-//! Names are the result contract (camelCase, DESIGN.md §3): `accuracy`,
+//! Names are the result contract (camelCase, see `contract::result`): `accuracy`,
 //! `precision`, `recall`, `f1` (macro averages over the classes present in
 //! the truth or the predictions, as scikit-learn does, 0 when undefined) or
 //! `rmse`, `mae`, `r2`; then `trainingSeconds`, `latencyP50Ms`,

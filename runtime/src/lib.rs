@@ -1,6 +1,6 @@
 //! `mlops-runtime`: the reference trainer and model server of mlops-operator.
 //!
-//! The crate implements the pod contracts of DESIGN.md §3. `train` turns a CSV
+//! The crate implements the pod contracts (the `contract` crate). `train` turns a CSV
 //! dataset into a versioned JSON artifact and a small result JSON; `serve` loads
 //! such an artifact and answers Open Inference Protocol v2 requests.
 //!

@@ -1,9 +1,11 @@
 //! `mlops-runtime train | serve | digest`: the reference trainer, the model server, and
 //! the dataset digest the operator's data trigger runs.
-//! Every flag mirrors an environment variable of the pod contract (DESIGN.md §3).
+//! Every flag mirrors an environment variable of the pod contract
+//! (`contract::trainer_env`, `contract::server_env`).
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Args, CommandFactory, Parser, Subcommand};
+use contract::{server_env, trainer_env};
 use mlops_runtime::result::{self, DEFAULT_TERMINATION_PATH};
 use mlops_runtime::serve::{self, AppState, ServeConfig, fault::Faults};
 use mlops_runtime::split::SplitSpec;
@@ -35,9 +37,9 @@ enum Command {
 #[derive(Args)]
 struct DigestArgs {
     /// file://, pvc://, s3:// or a local path.
-    #[arg(long, env = "MLOPS_DATASET_URI")]
+    #[arg(long, env = trainer_env::DATASET_URI)]
     uri: String,
-    #[arg(long, env = "MLOPS_TERMINATION_MESSAGE_PATH", default_value = DEFAULT_TERMINATION_PATH)]
+    #[arg(long, env = trainer_env::TERMINATION_MESSAGE_PATH, default_value = DEFAULT_TERMINATION_PATH)]
     termination_message_path: PathBuf,
     /// Test-only: panic at start (checks the termination message of a panic).
     #[arg(long, env = "MLOPS_FAULT_PANIC", hide = true, default_value = "false", value_parser = parse_flag)]
@@ -46,31 +48,31 @@ struct DigestArgs {
 
 #[derive(Args)]
 struct TrainArgs {
-    #[arg(long, env = "MLOPS_MODEL_NAME", default_value = "model")]
+    #[arg(long, env = trainer_env::MODEL_NAME, default_value = "model")]
     model_name: String,
-    #[arg(long, env = "MLOPS_RUN_ID")]
+    #[arg(long, env = trainer_env::RUN_ID)]
     run_id: Option<String>,
     /// file://, pvc://, s3:// or a local path of a CSV file with a header row.
-    #[arg(long, env = "MLOPS_DATASET_URI")]
+    #[arg(long, env = trainer_env::DATASET_URI)]
     dataset_uri: String,
     /// Optional `sha256:<hex>` pin; the run fails when the data differs.
-    #[arg(long, env = "MLOPS_DATASET_DIGEST")]
+    #[arg(long, env = trainer_env::DATASET_DIGEST)]
     dataset_digest: Option<String>,
-    #[arg(long, env = "MLOPS_LABEL_COLUMN")]
+    #[arg(long, env = trainer_env::LABEL_COLUMN)]
     label_column: String,
     /// JSON validation policy (see runtime/README.md).
-    #[arg(long, env = "MLOPS_VALIDATION", default_value = "")]
+    #[arg(long, env = trainer_env::VALIDATION, default_value = "")]
     validation: String,
     /// JSON split, e.g. {"train":0.7,"validation":0.15,"test":0.15,"seed":42}.
-    #[arg(long, env = "MLOPS_SPLIT", default_value = "")]
+    #[arg(long, env = trainer_env::SPLIT, default_value = "")]
     split: String,
     /// JSON object of strings; `algorithm` picks the model.
-    #[arg(long, env = "MLOPS_HYPERPARAMETERS", default_value = "")]
+    #[arg(long, env = trainer_env::HYPERPARAMETERS, default_value = "")]
     hyperparameters: String,
     /// Prefix (or `.json` object) where the artifact goes.
-    #[arg(long, env = "MLOPS_OUTPUT_URI")]
+    #[arg(long, env = trainer_env::OUTPUT_URI)]
     output_uri: String,
-    #[arg(long, env = "MLOPS_TERMINATION_MESSAGE_PATH", default_value = DEFAULT_TERMINATION_PATH)]
+    #[arg(long, env = trainer_env::TERMINATION_MESSAGE_PATH, default_value = DEFAULT_TERMINATION_PATH)]
     termination_message_path: PathBuf,
     /// Test-only: panic at start (checks the termination message of a panic).
     #[arg(long, env = "MLOPS_FAULT_PANIC", hide = true, default_value = "false", value_parser = parse_flag)]
@@ -79,15 +81,15 @@ struct TrainArgs {
 
 #[derive(Args)]
 struct ServeArgs {
-    #[arg(long, env = "MLOPS_MODEL_NAME")]
+    #[arg(long, env = server_env::MODEL_NAME)]
     model_name: Option<String>,
-    #[arg(long, env = "MLOPS_MODEL_VERSION")]
+    #[arg(long, env = server_env::MODEL_VERSION)]
     model_version: Option<String>,
-    #[arg(long, env = "MLOPS_MODEL_URI")]
+    #[arg(long, env = server_env::MODEL_URI)]
     model_uri: String,
-    #[arg(long, env = "MLOPS_MODEL_DIGEST")]
+    #[arg(long, env = server_env::MODEL_DIGEST)]
     model_digest: Option<String>,
-    #[arg(long, env = "MLOPS_HTTP_PORT", default_value_t = 8080)]
+    #[arg(long, env = server_env::HTTP_PORT, default_value_t = 8080)]
     http_port: u16,
     /// Address to bind; defaults to POD_IP, else 0.0.0.0.
     #[arg(long, env = "MLOPS_HTTP_HOST")]
@@ -204,7 +206,7 @@ fn termination_path_unparsed() -> PathBuf {
         }
     }
     flag.or_else(|| {
-        std::env::var_os("MLOPS_TERMINATION_MESSAGE_PATH").filter(|p| !p.is_empty()).map(PathBuf::from)
+        std::env::var_os(trainer_env::TERMINATION_MESSAGE_PATH).filter(|p| !p.is_empty()).map(PathBuf::from)
     })
     .unwrap_or_else(|| PathBuf::from(DEFAULT_TERMINATION_PATH))
 }

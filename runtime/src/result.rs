@@ -1,61 +1,30 @@
-//! The trainer's result: a JSON document of at most 4 KiB written to the
-//! termination message path, which the operator turns into a ModelVersion.
+//! The trainer's result: the contract's document (`contract::result`), at most 4 KiB,
+//! written to the termination message path; the operator turns it into a ModelVersion.
 //!
-//! ```json
-//! {"version": 1,
-//!  "metrics": {"accuracy": 0.97, "f1": 0.97, "latencyP99Ms": 0.001, ...},
-//!  "artifact": {"uri": "s3://…/model.json", "digest": "sha256:…", "format": "mlops-runtime-json/v1"},
-//!  "dataset": {"uri": "…", "digest": "sha256:…", "total": 150, "train": 104, "validation": 23, "test": 23},
-//!  "validation": {"missing": {"found": 0, "action": "drop", "removed": 0}, ...}}
-//! ```
+//! The document's shape is in `contract::result`.
 //!
 //! On failure the same path receives one line: the reason.
 
-use crate::evaluate::Metrics;
-use crate::validate::Report;
-use serde::Serialize;
+pub use contract::result::{
+    ArtifactRef, CheckReport, DatasetRef, MAX_RESULT_BYTES, RowCounts, TrainerResult,
+};
+pub use contract::trainer_env::DEFAULT_TERMINATION_MESSAGE_PATH as DEFAULT_TERMINATION_PATH;
 use std::path::Path;
 
-/// Kubernetes reads at most 4096 bytes of a termination message.
-pub const MAX_MESSAGE_BYTES: usize = 4096;
-pub const DEFAULT_TERMINATION_PATH: &str = "/dev/termination-log";
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ArtifactRef {
-    pub uri: String,
-    pub digest: String,
-    pub format: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct DatasetRef {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub uri: Option<String>,
-    pub digest: String,
-    pub total: usize,
-    pub train: usize,
-    pub validation: usize,
-    pub test: usize,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct TrainResult {
-    pub version: u32,
-    pub metrics: Metrics,
-    pub artifact: ArtifactRef,
-    pub dataset: DatasetRef,
-    pub validation: Report,
-}
+/// Kubernetes reads at most 4096 bytes of a termination message: a failure line too.
+pub const MAX_MESSAGE_BYTES: usize = MAX_RESULT_BYTES;
 
 /// Renders the result within the 4 KiB budget, leaving out the dataset URI
 /// (also in the TrainingJob spec) if that is what it takes.
-pub fn render(result: &TrainResult) -> Result<String, String> {
+pub fn render(result: &TrainerResult) -> Result<String, String> {
     let json = serde_json::to_string(result).expect("result serialises");
     if json.len() <= MAX_MESSAGE_BYTES {
         return Ok(json);
     }
     let mut slim = result.clone();
-    slim.dataset.uri = None;
+    if let Some(dataset) = &mut slim.dataset {
+        dataset.uri = None;
+    }
     let json = serde_json::to_string(&slim).expect("result serialises");
     if json.len() <= MAX_MESSAGE_BYTES {
         return Ok(json);
@@ -86,29 +55,23 @@ pub fn write_message(path: &Path, message: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::validate::{Action, CheckReport};
+    use contract::result::{CheckAction, VERSION};
 
-    fn result(uri_len: usize) -> TrainResult {
-        TrainResult {
-            version: 1,
-            metrics: Metrics::from([("accuracy".into(), 0.9)]),
+    fn result(uri_len: usize) -> TrainerResult {
+        TrainerResult {
+            version: VERSION,
+            metrics: [("accuracy".into(), 0.9)].into(),
             artifact: ArtifactRef {
                 uri: "s3://b/model.json".into(),
-                digest: "sha256:ab".into(),
-                format: "f".into(),
+                digest: Some("sha256:ab".into()),
+                format: Some("f".into()),
             },
-            dataset: DatasetRef {
-                uri: Some("x".repeat(uri_len)),
-                digest: "sha256:cd".into(),
-                total: 10,
-                train: 6,
-                validation: 2,
-                test: 2,
-            },
-            validation: Report::from([(
-                "missing",
-                CheckReport { found: 1, action: Action::Drop, removed: 1 },
-            )]),
+            dataset: Some(DatasetRef::new(
+                Some("x".repeat(uri_len)),
+                "sha256:cd".into(),
+                RowCounts { total: 10, train: 6, validation: 2, test: 2 },
+            )),
+            validation: [("missing".into(), CheckReport::new(1, CheckAction::Drop, 1))].into(),
         }
     }
 

@@ -7,7 +7,7 @@ use crate::dataset::parse_csv;
 use crate::drift::{DEFAULT_BINS, Histogram};
 use crate::evaluate::{self, Metrics};
 use crate::model::{Prediction, Predictor};
-use crate::result::{ArtifactRef, DatasetRef, TrainResult};
+use crate::result::{ArtifactRef, CheckReport, DatasetRef, RowCounts, TrainerResult};
 use crate::split::{SplitSpec, split};
 use crate::storage::{self, Location};
 use crate::train::{self, Algorithm, Hyperparameters, Targets};
@@ -56,7 +56,7 @@ pub fn artifact_location(output_uri: &str) -> Result<Location, TrainError> {
     Ok(if output_uri.ends_with(".json") { loc } else { loc.join("model.json") })
 }
 
-pub fn run(cfg: &TrainConfig) -> Result<TrainResult, TrainError> {
+pub fn run(cfg: &TrainConfig) -> Result<TrainerResult, TrainError> {
     let data = TrainError::Data;
     let target = artifact_location(&cfg.output_uri)?;
     storage::check_write_config(&target).map_err(|e| TrainError::Io(e.to_string()))?;
@@ -177,18 +177,34 @@ pub fn run(cfg: &TrainConfig) -> Result<TrainResult, TrainError> {
         .map_err(|e| TrainError::Io(e.to_string()))?;
     metrics.insert("artifactSizeBytes".into(), artifact_bytes.len() as f64);
 
-    Ok(TrainResult {
-        version: 1,
+    Ok(TrainerResult {
+        version: contract::result::VERSION,
         metrics,
-        artifact: ArtifactRef { uri: target.uri(), digest: artifact_digest, format: FORMAT.into() },
-        dataset: DatasetRef {
-            uri: Some(dataset.uri),
-            digest,
-            total: dataset.total,
-            train: dataset.train,
-            validation: dataset.validation,
-            test: dataset.test,
+        artifact: ArtifactRef {
+            uri: target.uri(),
+            digest: Some(artifact_digest),
+            format: Some(FORMAT.into()),
         },
-        validation: report,
+        dataset: Some(DatasetRef::new(
+            Some(dataset.uri),
+            digest,
+            RowCounts {
+                total: count(dataset.total),
+                train: count(dataset.train),
+                validation: count(dataset.validation),
+                test: count(dataset.test),
+            },
+        )),
+        validation: report
+            .iter()
+            .map(|(&check, c)| {
+                (check.to_string(), CheckReport::new(count(c.found), c.action, count(c.removed)))
+            })
+            .collect(),
     })
+}
+
+/// A row count as the result's int64.
+fn count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }

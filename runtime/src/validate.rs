@@ -18,16 +18,10 @@
 //! errors, so a newer operator does not break an older trainer.
 
 use crate::dataset::RawTable;
-use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    Fail,
-    Drop,
-    Keep,
-}
+/// What a check does with the rows it flags: the contract's `fail` / `drop` / `keep`.
+pub use contract::result::CheckAction as Action;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutlierMethod {
@@ -73,12 +67,8 @@ impl Default for Policy {
 }
 
 fn parse_action(v: &str) -> Result<Action, String> {
-    match v.to_ascii_lowercase().as_str() {
-        "fail" => Ok(Action::Fail),
-        "drop" => Ok(Action::Drop),
-        "keep" => Ok(Action::Keep),
-        other => Err(format!("unknown action {other:?} (fail, drop or keep)")),
-    }
+    Action::parse(v)
+        .ok_or_else(|| format!("unknown action {:?} (fail, drop or keep)", v.to_ascii_lowercase()))
 }
 
 fn parse_method(v: &str) -> Result<OutlierMethod, String> {
@@ -165,7 +155,7 @@ impl Policy {
 }
 
 /// One check's line in the report.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CheckReport {
     pub found: usize,
     pub action: Action,

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 /// Prefix of the variables the operator sets when a TrainingJob's output Secret
 /// differs from its dataset's.
-pub const OUTPUT_PREFIX: &str = "MLOPS_OUTPUT_";
+pub const OUTPUT_PREFIX: &str = contract::trainer_env::OUTPUT_CREDENTIALS_PREFIX;
 
 /// Whose credentials a request uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,27 +1,35 @@
-//! ModelVersion controller: the I/O shell. It reads the InferenceServices of the version's
-//! namespace (who serves it, who keeps it as a rollback target, what serves the same model),
-//! computes the status with the pure [`status::compute`], and guards deletion with a
-//! finalizer while the version is in use.
+//! ModelVersion controller: one pass is fetch → [`plan::plan`] (pure) → apply. It reads
+//! the version and the InferenceServices of its namespace (who serves it, who keeps it as
+//! a rollback target, what serves the same model), and guards deletion with a finalizer
+//! while the version is in use.
+//!
+//! The finalizer is hand-written rather than kube's `runtime::finalizer` helper: there a
+//! cleanup either succeeds (the finalizer goes) or fails (a reconcile error, retried with
+//! backoff). A deletion that must wait for an InferenceService is neither: it is a normal
+//! state, shown as `DeletionBlocked` and one Warning Event, not an error storm.
 
-pub mod gates;
-pub mod status;
+pub mod plan;
+pub mod quality_gates;
+#[cfg(test)]
+mod shell_tests;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{
     Api, ResourceExt,
     api::{ListParams, Patch, PatchParams},
-    runtime::{Controller, controller::Action, events::EventType, reflector::ObjectRef, watcher},
+    runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
 };
 use tracing::{info, instrument};
 
-use self::gates::Baseline;
-use super::{Context, Result, apply_status};
+use self::plan::{FinalizerChange, Inputs, Outcome};
+use super::{Context, Error, Result, apply_status};
 use crate::api::{FINALIZER_PROTECT_SERVING, InferenceService, ModelVersion};
 
 pub const CONTROLLER: &str = "modelversion";
+const KIND: &str = "ModelVersion";
 
 /// Runs the controller until `shutdown` resolves. A change to any InferenceService
 /// re-evaluates the versions of its namespace that it names (serving, canary, rollback
@@ -50,76 +58,97 @@ fn referenced_versions(isvc: InferenceService) -> Vec<ObjectRef<ModelVersion>> {
     names.into_iter().map(|n| ObjectRef::new(&n).within(&ns)).collect()
 }
 
+/// One pass; a failure is shown on the version (condition and Event) before it goes to
+/// the retry policy, and the next successful pass rewrites those conditions.
 #[instrument(skip_all, fields(modelversion = %mv.name_any(), namespace = mv.namespace().unwrap_or_default()))]
 async fn reconcile(mv: Arc<ModelVersion>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile_started(CONTROLLER);
-    let ns = mv.namespace().unwrap_or_default();
-    let versions: Api<ModelVersion> = Api::namespaced(ctx.client.clone(), &ns);
-    let services = Api::<InferenceService>::namespaced(ctx.client.clone(), &ns)
-        .list(&ListParams::default())
-        .await?
-        .items;
-    let deleting = mv.metadata.deletion_timestamp.is_some();
-    let has_finalizer = mv.finalizers().iter().any(|f| f == FINALIZER_PROTECT_SERVING);
-
-    if !deleting && !has_finalizer {
-        // Add the finalizer first: a version must be protected before anything serves it.
-        let patch = serde_json::json!({"metadata": {"finalizers": [FINALIZER_PROTECT_SERVING]}});
-        let params = PatchParams::apply(&format!("{}-finalizer", crate::api::FIELD_MANAGER)).force();
-        versions.patch(&mv.name_any(), &params, &Patch::Apply(&with_type(patch))).await?;
-    }
-
-    // The relative gates' baseline: the serving version's metrics, read only when needed.
-    let needs_baseline = mv.spec.gates.iter().any(|g| g.relative_to.is_some());
-    let serving =
-        if needs_baseline { status::serving_version(&mv, &services).map(str::to_owned) } else { None };
-    let serving_mv = match &serving {
-        Some(name) => versions.get_opt(name).await?,
-        None => None,
-    };
-    let baseline = serving_mv
-        .as_ref()
-        .map(|s| Baseline { version: s.metadata.name.as_deref().unwrap_or(""), metrics: &s.spec.metrics });
-
-    let usage = status::usage(&mv, &services);
-    let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let computed = status::compute(&mv, &usage, baseline, now);
-    let was_blocked = mv.status.as_ref().is_some_and(|s| {
-        crate::api::conditions::is_true(&s.conditions, crate::api::conditions::DELETION_BLOCKED)
-    });
-
-    if mv.status.as_ref() != Some(&computed.status) && !(deleting && computed.deletion_blocked.is_none()) {
-        apply_status(&versions, mv.as_ref(), &computed.status).await?;
-    }
-    if let Some((ok, message)) = &computed.validated_now {
-        let (type_, reason) =
-            if *ok { (EventType::Normal, "Validated") } else { (EventType::Warning, "ValidationFailed") };
-        ctx.event(mv.as_ref(), type_, reason, "Validate", message.clone()).await;
-    }
-
-    if deleting {
-        if let Some(msg) = computed.deletion_blocked {
-            if !was_blocked {
-                ctx.event(mv.as_ref(), EventType::Warning, "DeletionBlocked", "Delete", msg).await;
-            }
+    match pass(&mv, &ctx).await {
+        Ok(action) => {
             ctx.reset_failures(mv.as_ref());
-            // InferenceService changes requeue us; the timer is a safety net.
-            return Ok(Action::requeue(Duration::from_secs(60)));
+            Ok(action)
         }
-        if has_finalizer {
-            let remaining: Vec<String> =
-                mv.finalizers().iter().filter(|f| *f != FINALIZER_PROTECT_SERVING).cloned().collect();
-            let patch = serde_json::json!({"metadata": {"finalizers": remaining, "resourceVersion": mv.resource_version()}});
-            versions.patch(&mv.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
-            info!("no InferenceService uses the version any more; deletion may proceed");
+        Err(err) => {
+            ctx.report_failure(mv.as_ref(), &err).await;
+            Err(err)
         }
     }
-    ctx.reset_failures(mv.as_ref());
-    Ok(Action::requeue(Duration::from_secs(600)))
 }
 
-fn with_type(mut patch: serde_json::Value) -> serde_json::Value {
-    patch["apiVersion"] = serde_json::json!(crate::api::API_VERSION);
-    patch["kind"] = serde_json::json!("ModelVersion");
-    patch
+async fn pass(mv: &ModelVersion, ctx: &Context) -> Result<Action> {
+    let versions: Api<ModelVersion> =
+        Api::namespaced(ctx.client.clone(), &mv.namespace().unwrap_or_default());
+    let Some(inputs) = fetch(ctx, &versions, &mv.name_any()).await? else {
+        return Ok(Action::await_change()); // gone: nothing to protect
+    };
+    let outcome = plan::plan(&inputs, Time(k8s_openapi::jiff::Timestamp::now()));
+    apply(ctx, &versions, &inputs.version, outcome).await
+}
+
+/// Reads what the plan needs: the version fresh from the API server (the watch cache's
+/// copy may predate our last status write), the namespace's InferenceServices and, when a
+/// relative gate needs it, the serving version.
+async fn fetch(ctx: &Context, versions: &Api<ModelVersion>, name: &str) -> Result<Option<Inputs>> {
+    let Some(version) = versions.get_opt(name).await.map_err(|e| Error::child("get", KIND, name, e))? else {
+        return Ok(None);
+    };
+    let ns = version.namespace().unwrap_or_default();
+    let services = Api::<InferenceService>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| Error::child("list", "InferenceServices in namespace", &ns, e))?
+        .items;
+    let baseline = match plan::baseline_name(&version, &services) {
+        Some(serving) => {
+            versions.get_opt(serving).await.map_err(|e| Error::child("get", KIND, serving, e))?
+        }
+        None => None,
+    };
+    Ok(Some(Inputs { version, services, baseline }))
+}
+
+/// Carries out the plan: the finalizer first (a version is protected before anything
+/// may serve it), then the status, the Events, and last the finalizer's removal.
+async fn apply(
+    ctx: &Context,
+    versions: &Api<ModelVersion>,
+    mv: &ModelVersion,
+    outcome: Outcome,
+) -> Result<Action> {
+    let name = mv.name_any();
+    if outcome.finalizer == FinalizerChange::Add {
+        // Server-side apply under a manager of its own: finalizers are a set, so this adds
+        // ours without touching anyone else's.
+        let patch = serde_json::json!({
+            "apiVersion": crate::api::API_VERSION, "kind": KIND,
+            "metadata": {"finalizers": [FINALIZER_PROTECT_SERVING]},
+        });
+        let params = PatchParams::apply(&format!("{}-finalizer", crate::api::FIELD_MANAGER)).force();
+        versions
+            .patch(&name, &params, &Patch::Apply(&patch))
+            .await
+            .map_err(|e| Error::child("add the finalizer to", KIND, &name, e))?;
+    }
+    if let Some(status) = &outcome.status {
+        apply_status(versions, mv, status).await.map_err(|e| match e {
+            Error::Kube(e) => Error::child("write the status of", KIND, &name, e),
+            other => other,
+        })?;
+    }
+    for ev in outcome.events {
+        ctx.event(mv, ev.type_, ev.reason, ev.action, ev.note).await;
+    }
+    if outcome.finalizer == FinalizerChange::Remove {
+        // The resourceVersion makes this a compare-and-swap: a finalizer someone added
+        // meanwhile is not dropped (the conflict is retried).
+        let remaining: Vec<String> =
+            mv.finalizers().iter().filter(|f| *f != FINALIZER_PROTECT_SERVING).cloned().collect();
+        let patch = serde_json::json!({"metadata": {"finalizers": remaining, "resourceVersion": mv.resource_version()}});
+        versions
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| Error::child("remove the finalizer from", KIND, &name, e))?;
+        info!("no InferenceService uses the version any more; deletion may proceed");
+    }
+    Ok(Action::requeue(outcome.requeue))
 }

@@ -1,22 +1,19 @@
-//! The trainer's result: a small JSON document the trainer writes to its termination
-//! message (DESIGN.md §3, contract version 1). Parsing is pure and strict: a missing,
-//! oversized or malformed result fails the run with a reason instead of producing a
-//! half-filled ModelVersion.
+//! The trainer's result: the contract's document (`contract::result`, version 1) that
+//! the trainer writes to its termination message, read into what a ModelVersion needs.
+//! Parsing is pure and strict: a missing, oversized or malformed result fails the run
+//! with a reason instead of producing a half-filled ModelVersion.
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
-
-use crate::api::{
-    model_version::{
-        Artifact, MAX_CHECK_NAME_LEN, MAX_DIGEST_LEN, MAX_FORMAT_LEN, MAX_METRICS, MAX_URI_LEN,
-        MAX_VALIDATION_CHECKS, PVC_URI_MESSAGE, RowCounts, ValidationReport,
-    },
-    training_job::DataAction,
+use contract::result::{
+    self as wire, CheckAction, MAX_CHECK_NAME_LEN, MAX_DIGEST_LEN, MAX_FORMAT_LEN, MAX_METRICS,
+    MAX_RESULT_BYTES, MAX_URI_LEN, MAX_VALIDATION_CHECKS,
 };
 
-/// The kubelet keeps at most 4 KiB of a termination message.
-pub const MAX_RESULT_BYTES: usize = 4096;
+use crate::api::{
+    model_version::{Artifact, PVC_URI_MESSAGE, RowCounts, ValidationReport},
+    training_job::DataAction,
+};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainerResult {
@@ -36,7 +33,7 @@ pub enum ResultError {
     TooLarge(usize),
     #[error("the trainer's result is not valid result JSON: {0}")]
     Malformed(String),
-    #[error("the trainer's result has version {0}; this operator understands version 1")]
+    #[error("the trainer's result has version {0}; this operator understands version {supported}", supported = wire::VERSION)]
     UnsupportedVersion(u64),
     #[error("the trainer's result is invalid: {0}")]
     Invalid(String),
@@ -52,57 +49,6 @@ impl ResultError {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct Wire {
-    version: u64,
-    #[serde(default)]
-    metrics: BTreeMap<String, f64>,
-    artifact: WireArtifact,
-    #[serde(default)]
-    dataset: Option<WireDataset>,
-    #[serde(default)]
-    validation: BTreeMap<String, WireCheck>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct WireArtifact {
-    uri: String,
-    #[serde(default)]
-    digest: Option<String>,
-    #[serde(default)]
-    format: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct WireDataset {
-    #[serde(default)]
-    digest: Option<String>,
-    #[serde(default)]
-    total: Option<i64>,
-    #[serde(default)]
-    train: Option<i64>,
-    #[serde(default)]
-    validation: Option<i64>,
-    #[serde(default)]
-    test: Option<i64>,
-    /// Row counts may also be nested under `rows`.
-    #[serde(default)]
-    rows: Option<RowCounts>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct WireCheck {
-    #[serde(default)]
-    found: i64,
-    action: String,
-    #[serde(default, alias = "rowsRemoved")]
-    removed: i64,
-}
-
 /// Parses a termination message into a result.
 pub fn parse(message: Option<&str>) -> Result<TrainerResult, ResultError> {
     let text = message.map(str::trim).filter(|m| !m.is_empty()).ok_or(ResultError::Missing)?;
@@ -110,19 +56,21 @@ pub fn parse(message: Option<&str>) -> Result<TrainerResult, ResultError> {
         return Err(ResultError::TooLarge(text.len()));
     }
     // serde's messages name the field and position, which is what a user needs.
-    let wire: Wire = serde_json::from_str(text).map_err(|e| ResultError::Malformed(e.to_string()))?;
-    if wire.version != 1 {
-        return Err(ResultError::UnsupportedVersion(wire.version));
+    let doc: wire::TrainerResult =
+        serde_json::from_str(text).map_err(|e| ResultError::Malformed(e.to_string()))?;
+    if doc.version != wire::VERSION {
+        return Err(ResultError::UnsupportedVersion(doc.version));
     }
-    let validation = wire
+    let validation = doc
         .validation
         .into_iter()
         .map(|(check, c)| {
-            let action = match c.action.to_ascii_lowercase().as_str() {
-                "fail" => DataAction::Fail,
-                "drop" => DataAction::Drop,
-                "keep" => DataAction::Keep,
-                other => {
+            let action = match CheckAction::parse(&c.action) {
+                Some(CheckAction::Fail) => DataAction::Fail,
+                Some(CheckAction::Drop) => DataAction::Drop,
+                Some(CheckAction::Keep) => DataAction::Keep,
+                None => {
+                    let other = c.action.to_ascii_lowercase();
                     return Err(ResultError::Invalid(format!(
                         "validation.{check}.action {other:?} is unknown"
                     )));
@@ -131,24 +79,24 @@ pub fn parse(message: Option<&str>) -> Result<TrainerResult, ResultError> {
             Ok(ValidationReport { check, found: c.found, action, rows_removed: c.removed })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let (dataset_digest, rows) = match wire.dataset {
+    let (dataset_digest, rows) = match doc.dataset {
         None => (None, None),
         Some(d) => {
-            let rows = d.rows.or(match (d.total, d.train, d.validation, d.test) {
-                (Some(total), Some(train), Some(validation), Some(test)) => {
-                    Some(RowCounts { total, train, validation, test })
-                }
-                _ => None,
+            let rows = d.row_counts().map(|r| RowCounts {
+                total: r.total,
+                train: r.train,
+                validation: r.validation,
+                test: r.test,
             });
             (d.digest, rows)
         }
     };
     let result = TrainerResult {
-        metrics: wire.metrics,
+        metrics: doc.metrics,
         artifact: Artifact {
-            uri: wire.artifact.uri.trim().to_string(),
-            digest: wire.artifact.digest,
-            format: wire.artifact.format,
+            uri: doc.artifact.uri.trim().to_string(),
+            digest: doc.artifact.digest,
+            format: doc.artifact.format,
         },
         dataset_digest,
         rows,
@@ -159,7 +107,7 @@ pub fn parse(message: Option<&str>) -> Result<TrainerResult, ResultError> {
 }
 
 /// Every bound the ModelVersion schema puts on a field copied from the result (the
-/// constants below generate that schema). A result the API server would refuse with 422
+/// contract's constants, which that schema is generated from). A result the API server would refuse with 422
 /// fails the run here, naming the field, instead of failing every ModelVersion create.
 /// Metric names have no bound in the schema (only the count of metrics has), and the
 /// integers (`found`, `removed`, row counts) are int64 there as here.
@@ -419,5 +367,67 @@ mod tests {
         let err = parse(Some(&text)).unwrap_err().to_string();
         assert!(err.contains("artifact.digest") && err.contains("..."), "{err}");
         assert!(err.len() < 200, "{err}");
+    }
+
+    /// What the reference trainer writes (the contract's types, serialized) is what this
+    /// parser reads, field for field.
+    #[test]
+    fn a_result_written_with_the_contract_types_parses() {
+        use contract::result::{ArtifactRef, CheckReport, DatasetRef};
+        let written = wire::TrainerResult {
+            version: wire::VERSION,
+            metrics: BTreeMap::from([("accuracy".into(), 0.96)]),
+            artifact: ArtifactRef {
+                uri: "s3://models/iris-r1/model.json".into(),
+                digest: Some(format!("sha256:{}", "a".repeat(64))),
+                format: Some("mlops-runtime-json/v1".into()),
+            },
+            dataset: Some(DatasetRef::new(
+                Some("s3://data/iris.csv".into()),
+                "sha256:bbbb".into(),
+                wire::RowCounts { total: 150, train: 104, validation: 23, test: 23 },
+            )),
+            validation: BTreeMap::from([("missing".into(), CheckReport::new(2, CheckAction::Drop, 2))]),
+        };
+        let r = parse(Some(&serde_json::to_string(&written).unwrap())).unwrap();
+        assert_eq!(r.metrics, written.metrics);
+        assert_eq!(r.artifact.uri, written.artifact.uri);
+        assert_eq!(r.artifact.digest, written.artifact.digest);
+        assert_eq!(r.dataset_digest.as_deref(), Some("sha256:bbbb"));
+        assert_eq!(r.rows, Some(RowCounts { total: 150, train: 104, validation: 23, test: 23 }));
+        assert_eq!(
+            r.validation,
+            [ValidationReport {
+                check: "missing".into(),
+                found: 2,
+                action: DataAction::Drop,
+                rows_removed: 2
+            }]
+        );
+    }
+
+    /// The CRD schema's bounds and the contract's are one set of numbers: a result the
+    /// parser accepts is never refused by the API server.
+    #[test]
+    fn the_schema_bounds_are_the_contracts() {
+        use crate::api::model_version as mv;
+        assert_eq!(
+            [
+                mv::MAX_METRICS,
+                mv::MAX_URI_LEN,
+                mv::MAX_DIGEST_LEN,
+                mv::MAX_FORMAT_LEN,
+                mv::MAX_VALIDATION_CHECKS,
+                mv::MAX_CHECK_NAME_LEN
+            ],
+            [
+                MAX_METRICS,
+                MAX_URI_LEN,
+                MAX_DIGEST_LEN,
+                MAX_FORMAT_LEN,
+                MAX_VALIDATION_CHECKS,
+                MAX_CHECK_NAME_LEN
+            ]
+        );
     }
 }

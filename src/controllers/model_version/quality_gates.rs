@@ -1,5 +1,6 @@
-//! Gate evaluation, pure: each gate of a ModelVersion against its own metrics and, for
-//! relative gates, the metrics of the version serving the same model.
+//! Quality gates, pure: each gate of a ModelVersion (`spec.gates`) against its own
+//! metrics and, for relative gates, the metrics of the version serving the same model.
+//! Not to be confused with the InferenceService's readiness gate on its pods.
 
 use std::collections::BTreeMap;
 

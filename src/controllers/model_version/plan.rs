@@ -1,17 +1,116 @@
-//! ModelVersion status as a pure function of the version and the InferenceServices of
-//! its namespace: gate verdicts (computed once: a version is judged when it is created,
-//! against what was serving then), where it serves, what holds it, where it failed.
+//! The ModelVersion pass as a pure function: from the version, the InferenceServices of
+//! its namespace and (for relative gates) the serving version, the status to write, what
+//! to do with the deletion-protection finalizer, the Events to publish and when to look
+//! again. Gate verdicts are computed once per generation: a version is judged when it is
+//! created, against what was serving then.
+
+use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::ResourceExt;
+use kube::{ResourceExt, runtime::events::EventType};
 
-use super::gates::{self, Baseline};
+use super::quality_gates::{self, Baseline};
 use crate::api::{
-    InferenceService, ModelVersion, ModelVersionStatus,
+    FINALIZER_PROTECT_SERVING, InferenceService, ModelVersion, ModelVersionStatus,
     conditions::{self as cond, new_condition, set_condition},
     inference_service::RolloutOutcome,
     model_version::{FailedIn, MAX_FAILED_IN},
 };
+
+/// Everything one pass reads.
+#[derive(Clone, Debug)]
+pub struct Inputs {
+    /// The version as the API server has it now (not the watch cache's copy).
+    pub version: ModelVersion,
+    /// The InferenceServices of the version's namespace.
+    pub services: Vec<InferenceService>,
+    /// The serving version relative gates compare with, when a relative gate needs it and
+    /// one exists (see [`baseline_name`]).
+    pub baseline: Option<ModelVersion>,
+}
+
+/// What happens to the deletion-protection finalizer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinalizerChange {
+    /// Protect the version before anything can serve it.
+    Add,
+    /// Deletion was asked and nothing holds the version any more: let it go.
+    Remove,
+    Keep,
+}
+
+/// An Event to publish about the version.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlannedEvent {
+    pub type_: EventType,
+    pub reason: &'static str,
+    pub action: &'static str,
+    pub note: String,
+}
+
+/// What one pass does.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    /// The status to write; `None` when the stored one is already right.
+    pub status: Option<ModelVersionStatus>,
+    pub finalizer: FinalizerChange,
+    pub events: Vec<PlannedEvent>,
+    pub requeue: Duration,
+}
+
+/// A blocked deletion is re-checked this often: InferenceService changes requeue the
+/// version anyway, the timer is a safety net.
+pub const BLOCKED_REQUEUE: Duration = Duration::from_secs(60);
+pub const STEADY_REQUEUE: Duration = Duration::from_secs(600);
+
+/// The version the shell must read as the baseline of relative gates, if any.
+pub fn baseline_name<'a>(mv: &ModelVersion, services: &'a [InferenceService]) -> Option<&'a str> {
+    let needs_baseline = mv.spec.gates.iter().any(|g| g.relative_to.is_some());
+    if needs_baseline { serving_version(mv, services) } else { None }
+}
+
+/// The pass, decided.
+pub fn plan(inputs: &Inputs, now: Time) -> Outcome {
+    let mv = &inputs.version;
+    let deleting = mv.metadata.deletion_timestamp.is_some();
+    let has_finalizer = mv.finalizers().iter().any(|f| f == FINALIZER_PROTECT_SERVING);
+    let baseline = inputs
+        .baseline
+        .as_ref()
+        .map(|s| Baseline { version: s.metadata.name.as_deref().unwrap_or(""), metrics: &s.spec.metrics });
+    let computed = compute(mv, &usage(mv, &inputs.services), baseline, now);
+    let was_blocked =
+        mv.status.as_ref().is_some_and(|s| cond::is_true(&s.conditions, cond::DELETION_BLOCKED));
+
+    // A version about to go away gets no status write (it may be gone before it lands),
+    // and so no verdict Event either.
+    let releasing = deleting && computed.deletion_blocked.is_none();
+    let mut events = Vec::new();
+    if let Some((ok, message)) = computed.validated_now.filter(|_| !releasing) {
+        let (type_, reason) =
+            if ok { (EventType::Normal, "Validated") } else { (EventType::Warning, "ValidationFailed") };
+        events.push(PlannedEvent { type_, reason, action: "Validate", note: message });
+    }
+    let status = (mv.status.as_ref() != Some(&computed.status) && !releasing).then_some(computed.status);
+    let (finalizer, requeue) = match (deleting, computed.deletion_blocked) {
+        (false, _) if !has_finalizer => (FinalizerChange::Add, STEADY_REQUEUE),
+        (true, Some(holders)) => {
+            // One Warning per block, not per pass: the condition says the rest.
+            if !was_blocked {
+                events.push(PlannedEvent {
+                    type_: EventType::Warning,
+                    reason: "DeletionBlocked",
+                    action: "Delete",
+                    note: holders,
+                });
+            }
+            (FinalizerChange::Keep, BLOCKED_REQUEUE)
+        }
+        (true, None) if has_finalizer => (FinalizerChange::Remove, STEADY_REQUEUE),
+        _ => (FinalizerChange::Keep, STEADY_REQUEUE),
+    };
+    Outcome { status, finalizer, events, requeue }
+}
 
 /// How InferenceServices use a version.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -95,8 +194,8 @@ pub struct Computed {
     pub deletion_blocked: Option<String>,
 }
 
-/// Computes the status. `baseline` is the serving version and its metrics when a relative
-/// gate needs it (looked up by the shell).
+/// The status. `baseline` is the serving version and its metrics when a relative gate
+/// needs it.
 pub fn compute(mv: &ModelVersion, usage: &Usage, baseline: Option<Baseline>, now: Time) -> Computed {
     let generation = mv.metadata.generation;
     let mut status = mv.status.clone().unwrap_or_default();
@@ -104,8 +203,8 @@ pub fn compute(mv: &ModelVersion, usage: &Usage, baseline: Option<Baseline>, now
     let judged =
         cond::find(&status.conditions, cond::VALIDATED).is_some_and(|c| c.observed_generation == generation);
     if !judged {
-        let results = gates::evaluate(&mv.spec.gates, &mv.spec.metrics, baseline.as_ref());
-        let (ok, message) = gates::summary(&results);
+        let results = quality_gates::evaluate(&mv.spec.gates, &mv.spec.metrics, baseline.as_ref());
+        let (ok, message) = quality_gates::summary(&results);
         let reason = if ok { "GatesPassed" } else { "GateFailed" };
         set_condition(
             &mut status.conditions,
@@ -258,5 +357,73 @@ mod tests {
         let services = [isvc("web", "iris-r1", None)];
         assert_eq!(serving_version(&mv("iris-r2", &[], vec![]), &services), Some("iris-r1"));
         assert_eq!(serving_version(&mv("iris-r1", &[], vec![]), &services), None);
+    }
+
+    fn inputs(version: ModelVersion, services: Vec<InferenceService>) -> Inputs {
+        Inputs { version, services, baseline: None }
+    }
+
+    #[test]
+    fn the_first_pass_protects_judges_and_writes_the_status() {
+        let v = mv("iris-r2", &[("accuracy", 0.95)], vec![Gate::absolute("accuracy", GateOp::Ge, 0.9)]);
+        let out = plan(&inputs(v, vec![]), t(10));
+        assert_eq!(out.finalizer, FinalizerChange::Add);
+        assert!(cond::is_true(&out.status.as_ref().unwrap().conditions, cond::READY));
+        assert_eq!(out.events.len(), 1);
+        assert_eq!((out.events[0].type_, out.events[0].reason), (EventType::Normal, "Validated"));
+        assert_eq!(out.requeue, STEADY_REQUEUE);
+    }
+
+    #[test]
+    fn a_settled_version_plans_nothing() {
+        let mut v = mv("iris-r2", &[], vec![]);
+        v.metadata.finalizers = Some(vec![FINALIZER_PROTECT_SERVING.into()]);
+        v.status = plan(&inputs(v.clone(), vec![]), t(10)).status;
+        let out = plan(&inputs(v, vec![]), t(20));
+        assert_eq!(
+            out,
+            Outcome {
+                status: None,
+                finalizer: FinalizerChange::Keep,
+                events: vec![],
+                requeue: STEADY_REQUEUE
+            }
+        );
+    }
+
+    #[test]
+    fn a_blocked_deletion_keeps_the_finalizer_and_warns_once() {
+        let services = vec![isvc("web", "iris-r1", None)];
+        let mut v = mv("iris-r1", &[], vec![]);
+        v.metadata.finalizers = Some(vec![FINALIZER_PROTECT_SERVING.into()]);
+        v.metadata.deletion_timestamp = Some(t(5));
+        let first = plan(&inputs(v.clone(), services.clone()), t(10));
+        assert_eq!((first.finalizer, first.requeue), (FinalizerChange::Keep, BLOCKED_REQUEUE));
+        let reasons: Vec<&str> = first.events.iter().map(|e| e.reason).collect();
+        assert_eq!(reasons, ["Validated", "DeletionBlocked"]);
+        assert!(first.events[1].note.contains("served by InferenceService web"), "{:?}", first.events);
+        v.status = first.status;
+        let again = plan(&inputs(v, services), t(20));
+        assert_eq!(again.events, vec![], "the Warning is published once per block");
+        assert_eq!((again.status, again.finalizer), (None, FinalizerChange::Keep));
+    }
+
+    #[test]
+    fn a_free_deletion_removes_the_finalizer_without_a_status_write() {
+        let mut v = mv("iris-r1", &[], vec![]);
+        v.metadata.finalizers = Some(vec![FINALIZER_PROTECT_SERVING.into(), "other/keep".into()]);
+        v.metadata.deletion_timestamp = Some(t(5));
+        let out = plan(&inputs(v.clone(), vec![isvc("web", "iris-r9", None)]), t(10));
+        assert_eq!((out.finalizer, out.status, out.events), (FinalizerChange::Remove, None, vec![]));
+        v.metadata.finalizers = Some(vec!["other/keep".into()]);
+        assert_eq!(plan(&inputs(v, vec![]), t(10)).finalizer, FinalizerChange::Keep, "not ours to remove");
+    }
+
+    #[test]
+    fn only_relative_gates_need_a_baseline() {
+        let services = [isvc("web", "iris-r1", None)];
+        assert_eq!(baseline_name(&mv("iris-r2", &[], vec![]), &services), None);
+        let relative = mv("iris-r2", &[], vec![Gate::relative("f1", GateOp::Ge, 0.0)]);
+        assert_eq!(baseline_name(&relative, &services), Some("iris-r1"));
     }
 }
