@@ -191,7 +191,8 @@ fn operator_rbac_lists_exactly_the_verbs_used() {
         ("mlops.dev/inferenceservices", READ),
         // Runs' Jobs, and the data trigger's check Jobs (deleted once read).
         ("batch/jobs", OWN),
-        ("/services", APPLY),
+        // Runs' headless Services and the InferenceService's, pruned once not desired.
+        ("/services", OWN),
         ("/pods", READ),
         ("/pods/status", &["patch"]),
         ("events.k8s.io/events", &["create", "patch"]),
