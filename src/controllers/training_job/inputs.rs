@@ -14,7 +14,7 @@ use kube::{Api, ResourceExt, api::ListParams};
 use super::{data_check, desired, triggers, triggers::Reading};
 use crate::{
     api::{self, InferenceService, ModelVersion, TrainingJob},
-    controllers::{Context, Result},
+    controllers::{Context, Error, Result},
     rollout::Sample,
 };
 
@@ -71,7 +71,8 @@ pub async fn fetch(ctx: &Context, tj: &TrainingJob, now: Timestamp) -> Result<In
     let selector = format!("{}={}", api::LABEL_TRAINING_JOB, tj.name_any());
     let (checks, runs): (Vec<Job>, Vec<Job>) = jobs_api
         .list(&ListParams::default().labels(&selector))
-        .await?
+        .await
+        .map_err(|e| Error::child("list", "Job", &selector, e))?
         .into_iter()
         .partition(data_check::is_data_check);
     let mut inputs = Inputs {
@@ -92,7 +93,10 @@ pub async fn fetch(ctx: &Context, tj: &TrainingJob, now: Timestamp) -> Result<In
         }
         inputs.pods.insert(name.clone(), trainer_outcome(&pods_api, &name).await?);
         if finished(job) == Some(true)
-            && let Some(existing) = versions_api.get_opt(&name).await?
+            && let Some(existing) = versions_api
+                .get_opt(&name)
+                .await
+                .map_err(|e| Error::child("get", "ModelVersion", &name, e))?
         {
             inputs.versions.insert(name, existing);
         }
@@ -119,7 +123,9 @@ pub async fn fetch(ctx: &Context, tj: &TrainingJob, now: Timestamp) -> Result<In
     inputs.checks = checks;
 
     if let Some(name) = tj.status.as_ref().and_then(|s| s.latest_model_version.clone()) {
-        inputs.latest_version = versions_api.get_opt(&name).await?.and_then(|mv| {
+        let latest =
+            versions_api.get_opt(&name).await.map_err(|e| Error::child("get", "ModelVersion", &name, e))?;
+        inputs.latest_version = latest.and_then(|mv| {
             let c = mv.status?.conditions.into_iter().find(|c| c.type_ == api::conditions::VALIDATED)?;
             Some(Verdict { model_version: name, validated: c.status == "True", message: c.message })
         });
@@ -202,8 +208,11 @@ pub fn hash_file(path: &std::path::Path) -> Result<String, String> {
 /// left: the succeeded pod of index 0 (or any succeeded pod) when there is one, else the
 /// most recently failed pod.
 async fn trainer_outcome(pods: &Api<Pod>, job: &str) -> Result<PodOutcome> {
-    let list =
-        pods.list(&ListParams::default().labels(&format!("{}={job}", desired::LABEL_JOB_NAME))).await?;
+    let selector = format!("{}={job}", desired::LABEL_JOB_NAME);
+    let list = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|e| Error::child("list", "Pod", &selector, e))?;
     let phase = |p: &Pod| p.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
     let index = |p: &Pod| p.annotations().get("batch.kubernetes.io/job-completion-index").cloned();
     let mut candidates: Vec<&Pod> = list.items.iter().filter(|p| phase(p) == "Succeeded").collect();

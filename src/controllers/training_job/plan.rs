@@ -97,12 +97,23 @@ fn key<K: Resource<DynamicType = ()>>(name: &str) -> (String, String) {
 }
 
 /// The children prune keeps: the Job of every recorded run (finished ones are history,
-/// removed by their own `ttlSecondsAfterFinished`), the headless Service of every active
-/// run, and the dataset checks still running. A Job whose run fell out of the bounded
-/// history, a finished run's Service and a check whose reading was taken are deleted.
-pub fn keep_set(status: &TrainingJobStatus, running_checks: &[String]) -> BTreeSet<(String, String)> {
+/// removed by their own `ttlSecondsAfterFinished`), a run's headless Service as long as
+/// its Job is there (the pods it names may still be read), and the dataset checks still
+/// running. A Job whose run fell out of the bounded history, the Service of a run whose
+/// Job is gone, and a check whose reading was taken are deleted.
+pub fn keep_set(
+    status: &TrainingJobStatus,
+    jobs_present: &BTreeSet<String>,
+    running_checks: &[String],
+) -> BTreeSet<(String, String)> {
     let mut keep: BTreeSet<_> = status.runs.iter().map(|r| key::<Job>(&r.job_name)).collect();
-    keep.extend(status.runs.iter().filter(|r| !r.outcome.is_finished()).map(|r| key::<Service>(&r.job_name)));
+    keep.extend(
+        status
+            .runs
+            .iter()
+            .filter(|r| jobs_present.contains(&r.job_name))
+            .map(|r| key::<Service>(&r.job_name)),
+    );
     keep.extend(running_checks.iter().map(|n| key::<Job>(n)));
     keep
 }
@@ -297,7 +308,9 @@ pub fn plan(tj: &TrainingJob, inputs: &Inputs, now: Timestamp) -> Outcome {
     if let Some(mv) = status.runs.iter().rev().find_map(|r| r.model_version.clone()) {
         status.latest_model_version = Some(mv);
     }
-    plan.keep = keep_set(&status, &check.running);
+    let present: BTreeSet<String> =
+        inputs.jobs.keys().cloned().chain(plan.started.as_ref().map(|r| r.name.clone())).collect();
+    plan.keep = keep_set(&status, &present, &check.running);
 
     // 4. Conditions, and an Event on the way into a spec stall (or to another spec
     //    error), not each reconcile.

@@ -549,18 +549,25 @@ fn the_keep_set_holds_recorded_runs_active_services_and_running_checks() {
         runs: vec![record(2, RunOutcome::Succeeded), record(3, RunOutcome::Running)],
         ..TrainingJobStatus::default()
     };
-    let keep = keep_set(&status, &["iris-dc-100".to_string()]);
+    // iris-r2's Job is still there (its TTL has not passed), iris-r3's is running.
+    let jobs = BTreeSet::from(["iris-r2".to_string(), "iris-r3".to_string()]);
+    let keep = keep_set(&status, &jobs, &["iris-dc-100".to_string()]);
     let k = |kind: &str, name: &str| (kind.to_string(), name.to_string());
     assert_eq!(
         keep,
         BTreeSet::from([
-            // A finished run's Job is history until its own TTL; its Service is not kept.
+            // A finished run's Job is history until its own TTL, its Service goes with it.
             k("Job", "iris-r2"),
+            k("Service", "iris-r2"),
             k("Job", "iris-r3"),
             k("Service", "iris-r3"),
             k("Job", "iris-dc-100"),
         ])
     );
+    // The TTL removed iris-r2's Job: its Service goes too, its record stays.
+    let jobs = BTreeSet::from(["iris-r3".to_string()]);
+    let keep = keep_set(&status, &jobs, &[]);
+    assert!(keep.contains(&k("Job", "iris-r2")) && !keep.contains(&k("Service", "iris-r2")));
     // iris-r1 fell out of the history and a finished check was read: neither is kept.
     assert!(!keep.contains(&k("Job", "iris-r1")));
 }
