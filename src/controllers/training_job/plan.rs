@@ -48,8 +48,8 @@ pub struct EventNote {
 /// in `keep`, publish `events`, requeue after `requeue`.
 #[derive(Clone, Debug, Default)]
 pub struct Outcome {
-    /// Server-side applied: the new run's headless Service (distributed runs) and Job, a
-    /// new dataset check Job.
+    /// Server-side applied, in order: a new dataset check Job, the new run's headless
+    /// Service (distributed runs) and its Job.
     pub children: Vec<Child>,
     /// ModelVersions of runs that succeeded. Created, never applied: a version of the
     /// same name that is not the run's is left alone.
