@@ -5,10 +5,13 @@
 //! The Job runs with the TrainingJob's own dataset access: the same credentials Secret, the
 //! same claim mounted read-only, the trainer template's ServiceAccount (so workload identity
 //! such as IRSA works as it does for training). The operator never holds data credentials.
-//! At most one check runs per TrainingJob; the shell reads and deletes it when it ends.
+//! At most one check runs per TrainingJob; once its reading is taken it is no longer kept
+//! and the applier's prune deletes it.
 
 use std::collections::BTreeMap;
 
+use contract::trainer_env;
+use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::{
     api::{
         batch::v1::{Job, JobSpec},
@@ -19,7 +22,11 @@ use k8s_openapi::{
 };
 use kube::ResourceExt;
 
-use super::{desired, status::PodOutcome, triggers::Reading};
+use super::{
+    desired,
+    inputs::{Inputs, PodOutcome},
+    triggers::Reading,
+};
 use crate::api::{self, TrainingJob};
 
 /// Name of the container that hashes the dataset.
@@ -55,7 +62,7 @@ pub fn desired_job(tj: &TrainingJob, image: &str, name: &str) -> Job {
     let template = tj.spec.trainer.template.as_ref().and_then(|t| t.spec.as_ref());
     let (uri, volume) = desired::local_uri(&tj.spec.dataset.uri, "dataset", true);
 
-    let mut env = vec![EnvVar { name: "MLOPS_DATASET_URI".into(), value: Some(uri), value_from: None }];
+    let mut env = vec![EnvVar { name: trainer_env::DATASET_URI.into(), value: Some(uri), value_from: None }];
     // The S3 settings the trainer would see: its Secret by reference, and any AWS_*
     // variables the TrainingJob sets for the trainer (an endpoint, a region).
     if let Some(secret) = &tj.spec.dataset.credentials_secret_ref {
@@ -115,6 +122,58 @@ pub fn desired_job(tj: &TrainingJob, image: &str, name: &str) -> Job {
         }),
         status: None,
     }
+}
+
+/// The dataset check of one pass.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CheckPlan {
+    /// The data trigger's reading this pass; `None` when no check was due or finished.
+    pub reading: Option<Reading<String>>,
+    /// A check Job to start.
+    pub start: Option<Job>,
+    /// Check Jobs still running, kept; finished ones (read now) and leftovers are pruned.
+    pub running: Vec<String>,
+}
+
+/// The data trigger's reading and check Jobs. `file://` datasets were hashed by the shell
+/// (`inputs.dataset_file`); `s3://` and `pvc://` ones by a check Job, whose reading
+/// arrives on a later pass. `due` says a check is due now.
+pub fn plan(tj: &TrainingJob, inputs: &Inputs, due: bool, now: Timestamp) -> CheckPlan {
+    let uri = &tj.spec.dataset.uri;
+    let wanted = tj.spec.retrain.as_ref().is_some_and(|r| r.data.is_some());
+    let mut out = CheckPlan::default();
+    if !wanted || !needs_job(uri) {
+        // Leftovers of a trigger removed or a dataset moved to file:// are not kept.
+        if wanted && due {
+            out.reading = Some(inputs.dataset_file.clone().unwrap_or_else(|| {
+                Reading::Error(format!(
+                    "the data trigger cannot check {uri:?}: expected s3://, pvc:// or file://"
+                ))
+            }));
+        }
+        return out;
+    }
+    let mut checks: Vec<&Job> = inputs.checks.iter().collect();
+    checks.sort_by_key(|j| j.metadata.creation_timestamp.clone());
+    for job in checks {
+        if !is_finished(job) {
+            out.running.push(job.name_any());
+            continue;
+        }
+        // Oldest first, so the newest finished check's reading is the one kept.
+        let outcome = inputs.pods.get(&job.name_any()).cloned().unwrap_or_default();
+        out.reading = reading(job, &outcome, uri).or(out.reading);
+    }
+    if out.reading.is_none() && due {
+        if out.running.is_empty() {
+            let name = job_name(&tj.name_any(), now.as_second());
+            out.start = Some(desired_job(tj, &inputs.runtime_image, &name));
+            out.running.push(name);
+        }
+        // Started now or still running: either way the check is under way.
+        out.reading = Some(Reading::Pending);
+    }
+    out
 }
 
 /// The Job's `Complete` or `Failed` condition, with its reason and message.

@@ -1,0 +1,153 @@
+//! The ModelVersion a successful run produces, as pure functions: the builder (the recipe
+//! stored on the run's Job, the trainer's result, the pod's image digest), whether an
+//! existing version of the run's name is the run's own, and why a version was refused.
+
+use k8s_openapi::{
+    api::batch::v1::Job,
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
+};
+use kube::ResourceExt;
+
+use super::{
+    desired::{ANNOTATION_RUN_RECIPE, RunRecipe},
+    inputs::PodOutcome,
+    result::TrainerResult,
+};
+use crate::api::{
+    self, ModelVersion, ModelVersionSpec, TrainingJob,
+    model_version::{DatasetLineage, Lineage},
+    training_job::RunRecord,
+};
+
+/// result checks do not know of.
+pub const REASON_VERSION_REJECTED: &str = "ModelVersionRejected";
+/// Run failure reason: a ModelVersion with the run's name exists and is not the run's.
+pub const REASON_VERSION_NAME_TAKEN: &str = "ModelVersionNameTaken";
+
+/// Why a run's ModelVersion could not be created; the run fails with it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Refusal {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Refusal {
+    /// The API server answered 422 (Invalid); its message is kept, cut short.
+    pub fn rejected(name: &str, api_message: &str) -> Self {
+        Refusal {
+            reason: REASON_VERSION_REJECTED,
+            message: crate::controllers::truncate(
+                format!("the API server refused ModelVersion {name}: {api_message}"),
+                512,
+            ),
+        }
+    }
+
+    /// `existing` holds the run's name but was not made by it (see [`made_by`]): an
+    /// imported version, or one of another TrainingJob.
+    pub fn name_taken(existing: &ModelVersion, tj: &TrainingJob, run: &str) -> Self {
+        let lineage = existing.spec.lineage.as_ref();
+        let origin =
+            match (lineage.and_then(|l| l.training_job.as_deref()), lineage.and_then(|l| l.run.as_deref())) {
+                (Some(t), Some(r)) => format!("its lineage names run {r} of TrainingJob {t}"),
+                (Some(t), None) => format!("its lineage names TrainingJob {t}"),
+                _ => "it has no lineage: an imported version".to_string(),
+            };
+        Refusal {
+            reason: REASON_VERSION_NAME_TAKEN,
+            message: format!(
+                "ModelVersion {run} already exists and was not made by run {run} of TrainingJob {} \
+                 ({origin}); it is left alone. Set the {} annotation to train again: the next run \
+                 has a new name",
+                tj.name_any(),
+                api::ANNOTATION_RETRY
+            ),
+        }
+    }
+}
+
+/// Whether `mv` is the version run `run` of `tj` made (a retried reconcile finds it after
+/// a 409): its `mlops.dev/run` and `mlops.dev/training-job` labels, its owner, or its
+/// lineage name them.
+pub fn made_by(mv: &ModelVersion, tj: &TrainingJob, run: &str) -> bool {
+    let labels = mv.labels();
+    let by_labels = labels.get(api::LABEL_RUN).is_some_and(|r| r == run)
+        && labels.get(api::LABEL_TRAINING_JOB).is_some_and(|t| *t == tj.name_any());
+    let by_owner = tj.uid().is_some_and(|uid| mv.owner_references().iter().any(|o| o.uid == uid));
+    let by_lineage = mv.spec.lineage.as_ref().is_some_and(|l| {
+        l.run.as_deref() == Some(run) && l.training_job.as_deref() == Some(tj.name_any().as_str())
+    });
+    by_labels || by_owner || by_lineage
+}
+
+/// A produced ModelVersion's `Validated` condition.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verdict {
+    pub model_version: String,
+    pub validated: bool,
+    pub message: String,
+}
+
+/// The ModelVersion of a successful run: the recipe stored on the Job, the trainer's
+/// result, and the pod's image digest.
+pub fn model_version(
+    tj: &TrainingJob,
+    run: &RunRecord,
+    job: &Job,
+    res: &TrainerResult,
+    pod: Option<&PodOutcome>,
+    now: &Time,
+) -> ModelVersion {
+    let recipe: RunRecipe = job
+        .annotations()
+        .get(ANNOTATION_RUN_RECIPE)
+        .and_then(|r| serde_json::from_str(r).ok())
+        .unwrap_or_else(|| RunRecipe {
+            model: tj.spec.model.clone(),
+            dataset_uri: tj.spec.dataset.uri.clone(),
+            trigger: run.trigger.clone(),
+            ..RunRecipe::default()
+        });
+    let mut labels = recipe.labels.clone();
+    labels.extend([
+        (api::LABEL_MODEL.to_string(), recipe.model.clone()),
+        (api::LABEL_TRAINING_JOB.to_string(), tj.name_any()),
+        (api::LABEL_RUN.to_string(), run.name.clone()),
+        (api::LABEL_APP_MANAGED_BY.to_string(), api::MANAGED_BY.to_string()),
+        (api::LABEL_APP_PART_OF.to_string(), api::PART_OF.to_string()),
+    ]);
+    let start = job.status.as_ref().and_then(|s| s.start_time.clone()).or(run.start_time.clone());
+    let end = job.status.as_ref().and_then(|s| s.completion_time.clone()).or(Some(now.clone()));
+    ModelVersion {
+        metadata: ObjectMeta {
+            name: Some(run.name.clone()),
+            namespace: tj.namespace(),
+            labels: Some(labels),
+            ..ObjectMeta::default()
+        },
+        spec: ModelVersionSpec {
+            model: recipe.model.clone(),
+            artifact: res.artifact.clone(),
+            metrics: res.metrics.clone(),
+            lineage: Some(Lineage {
+                training_job: Some(tj.name_any()),
+                run: Some(run.name.clone()),
+                image: recipe.image.clone(),
+                image_digest: pod.and_then(|p| p.image_id.clone()).filter(|i| !i.is_empty()),
+                dataset: Some(DatasetLineage {
+                    uri: recipe.dataset_uri.clone(),
+                    digest: res.dataset_digest.clone(),
+                    rows: res.rows.clone(),
+                    validation_report: res.validation.clone(),
+                }),
+                hyperparameters: recipe.hyperparameters.clone(),
+                source: recipe.source.clone(),
+                trigger: Some(recipe.trigger.clone()),
+                start_time: start,
+                completion_time: end,
+            }),
+            gates: recipe.gates.clone(),
+        },
+        status: None,
+    }
+}
