@@ -77,10 +77,8 @@ impl Cluster {
         if path == EVENTS && method == "POST" {
             return mock_api::echo(call);
         }
-        if path == ROUTES || path.starts_with(&format!("{ROUTES}/")) {
-            if !self.gateway_crds {
-                return mock_api::not_found();
-            }
+        if path.starts_with(ROUTES) && !self.gateway_crds {
+            return mock_api::not_found();
         }
         let Some((collection, store)) = self.objects.iter_mut().find(|(p, _)| path.starts_with(**p)) else {
             return mock_api::status(404, "NotFound", &format!("no such path {path}"));
