@@ -84,12 +84,14 @@ async fn a_child_the_api_server_refuses_shows_as_a_condition_and_an_event_until_
     install_crds();
     let _op = Operator::start(OPERATOR, &env.namespace, &[]);
     import_version(&env, "iris-v1").await;
-    // The CRD's schema takes any string as a quantity; the Deployment's does not.
+    // The CRD's schema takes any resources; the Deployment's refuses requests above limits
+    // (422). (A malformed quantity such as `cpu: half` is refused too, but a server-side
+    // apply reports it as a 500 conversion error, which reads as a transient failure.)
     apply(
         &env,
         &json!({"apiVersion": "mlops.dev/v1alpha1", "kind": "InferenceService", "metadata": {"name": "web"},
                 "spec": {"model": "iris", "track": "LatestValidated", "replicas": 1,
-                         "runtime": {"preset": "MlopsRuntime", "resources": {"requests": {"cpu": "half"}}}}}),
+                         "runtime": {"preset": "MlopsRuntime", "resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}}}}),
     );
     let isvcs: Api<InferenceService> = env.api();
     let refused = wait_for(&isvcs, "web", WAIT, "Stalled=True ChildRejected", |isvc| {
@@ -99,7 +101,8 @@ async fn a_child_the_api_server_refuses_shows_as_a_condition_and_an_event_until_
     let ready = condition(&refused, cond::READY).expect("a Ready condition");
     assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "ChildRejected"));
     assert!(
-        ready.message.starts_with("apply Deployment web-iris-v1: ") && ready.message.contains("quantities"),
+        ready.message.starts_with("apply Deployment web-iris-v1: ")
+            && ready.message.contains("must be less than or equal to cpu limit"),
         "the API server's own message, naming the step and the object: {}",
         ready.message
     );
@@ -115,7 +118,7 @@ async fn a_child_the_api_server_refuses_shows_as_a_condition_and_an_event_until_
     })
     .await;
     assert_eq!(warning.type_.as_deref(), Some("Warning"));
-    assert!(warning.note.unwrap_or_default().contains("quantities"));
+    assert!(warning.note.unwrap_or_default().contains("cpu limit"));
 
     // Fixed: the next pass applies the Deployment and replaces the failure's conditions.
     patch(&env, "web", &json!({"spec": {"runtime": {"resources": {"requests": {"cpu": "100m"}}}}}));
