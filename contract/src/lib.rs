@@ -38,8 +38,10 @@ pub mod trainer_env {
 
 /// Environment variables the operator sets on serving containers.
 pub mod server_env {
-    /// `spec.model` of the InferenceService.
+    /// The served model's name (`spec.model` of the InferenceService).
     pub const MODEL_NAME: &str = "MLOPS_MODEL_NAME";
+    /// The pod's own address (from `status.podIP`), where the server listens.
+    pub const POD_IP: &str = "POD_IP";
     /// The served ModelVersion's artifact location, name and digest.
     pub const MODEL_URI: &str = "MLOPS_MODEL_URI";
     pub const MODEL_VERSION: &str = "MLOPS_MODEL_VERSION";

@@ -28,16 +28,6 @@ pub struct Traffic {
     pub gateway: bool,
 }
 
-impl Traffic {
-    /// Every version that keeps a Deployment.
-    pub fn versions(&self) -> Vec<&str> {
-        let mut v: Vec<&str> =
-            self.stable.iter().chain(self.canary.iter()).map(|p| p.version.as_str()).collect();
-        v.extend(self.standby.as_deref());
-        v
-    }
-}
-
 pub fn placement(spec: &InferenceServiceSpec, st: &InferenceServiceStatus, s: &Settings) -> Traffic {
     let total = spec.replicas().max(0);
     let gateway = spec

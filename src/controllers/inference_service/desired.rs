@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use contract::server_env;
 use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec},
@@ -23,8 +24,11 @@ use k8s_openapi::{
         util::intstr::IntOrString,
     },
 };
-use kube::{Resource, ResourceExt, api::DynamicObject};
-use serde_json::json;
+use kube::{
+    Resource, ResourceExt,
+    api::{ApiResource, GroupVersionKind},
+};
+use serde_json::{Value, json};
 
 use crate::{
     api::{
@@ -126,12 +130,12 @@ pub fn deployment(isvc: &InferenceService, mv: &ModelVersion, replicas: i32) -> 
         None => (mv.spec.artifact.uri.clone(), None),
     };
     let mut env = vec![
-        env_literal("MLOPS_MODEL_NAME", &isvc.spec.model),
-        env_literal("MLOPS_MODEL_VERSION", &version),
-        env_literal("MLOPS_MODEL_URI", model_uri),
-        env_literal("MLOPS_HTTP_PORT", port.to_string()),
+        env_literal(server_env::MODEL_NAME, &isvc.spec.model),
+        env_literal(server_env::MODEL_VERSION, &version),
+        env_literal(server_env::MODEL_URI, model_uri),
+        env_literal(server_env::HTTP_PORT, port.to_string()),
         EnvVar {
-            name: "POD_IP".into(),
+            name: server_env::POD_IP.into(),
             value: None,
             value_from: Some(EnvVarSource {
                 field_ref: Some(ObjectFieldSelector { field_path: "status.podIP".into(), api_version: None }),
@@ -140,7 +144,7 @@ pub fn deployment(isvc: &InferenceService, mv: &ModelVersion, replicas: i32) -> 
         },
     ];
     if let Some(d) = &mv.spec.artifact.digest {
-        env.push(env_literal("MLOPS_MODEL_DIGEST", d));
+        env.push(env_literal(server_env::MODEL_DIGEST, d));
     }
     if let Some(secret) = &rt.credentials_secret_ref {
         env.extend(crate::controllers::s3_credentials_env("", &secret.name));
@@ -221,7 +225,7 @@ pub fn deployment(isvc: &InferenceService, mv: &ModelVersion, replicas: i32) -> 
                 spec: Some(PodSpec {
                     containers: vec![container],
                     volumes: volume.map(|v| vec![v]),
-                    readiness_gates: super::gate::readiness_gates(isvc),
+                    readiness_gates: super::readiness_gate::pod_readiness_gates(isvc),
                     service_account_name: rt.service_account_name.clone(),
                     security_context: Some(crate::controllers::restricted_pod()),
                     ..PodSpec::default()
@@ -289,8 +293,13 @@ pub fn services(isvc: &InferenceService, traffic: &Traffic) -> Vec<Service> {
     out
 }
 
+/// The Gateway API's HTTPRoute, which this crate has no type for.
+pub fn http_route_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute"))
+}
+
 /// The weighted HTTPRoute for Gateway API routing.
-pub fn http_route(isvc: &InferenceService, traffic: &Traffic) -> Option<DynamicObject> {
+pub fn http_route(isvc: &InferenceService, traffic: &Traffic) -> Option<Value> {
     let gw = isvc.spec.rollout.as_ref()?.traffic_routing.as_ref()?.gateway_api.as_ref()?;
     let port = isvc.spec.runtime.port();
     let backends: Vec<_> = [(api::ROLE_STABLE, &traffic.stable), (api::ROLE_CANARY, &traffic.canary)]
@@ -309,7 +318,7 @@ pub fn http_route(isvc: &InferenceService, traffic: &Traffic) -> Option<DynamicO
     if !gw.hostnames.is_empty() {
         spec["hostnames"] = json!(gw.hostnames);
     }
-    let obj = json!({
+    let route = json!({
         "apiVersion": "gateway.networking.k8s.io/v1",
         "kind": "HTTPRoute",
         "metadata": {
@@ -320,7 +329,7 @@ pub fn http_route(isvc: &InferenceService, traffic: &Traffic) -> Option<DynamicO
         },
         "spec": spec,
     });
-    serde_json::from_value(obj).ok()
+    Some(route)
 }
 
 /// The HorizontalPodAutoscaler scaling the InferenceService through its scale subresource.

@@ -1,5 +1,6 @@
-//! The `mlops.dev/scraped` readiness gate (`analysis.waitForFirstScrape`), as pure
-//! functions: a gated pod is Ready, and so gets traffic, only once the operator sets this
+//! The `mlops.dev/scraped` pod readiness gate (`analysis.waitForFirstScrape`), as pure
+//! functions. Not to be confused with a ModelVersion's quality gates: this is a pod
+//! condition that holds a serving pod out of its Service's endpoints. A gated pod is Ready, and so gets traffic, only once the operator sets this
 //! condition. The stable version's pods are opened at once. A canary's pod is opened once
 //! Prometheus scrapes it, just before its next scrape (predicted from the last two: targets
 //! are scraped at a fixed phase), so its first requests are in the very next sample and a
@@ -26,18 +27,19 @@ pub const OPEN_AFTER_SECONDS: i64 = 60;
 /// scrape interval): the time for Ready to reach the Service's endpoints.
 pub const OPEN_LEAD_SECONDS: f64 = 1.0;
 
+/// Whether the service's pods carry the readiness gate.
 pub fn enabled(isvc: &InferenceService) -> bool {
     isvc.spec.rollout.as_ref().and_then(|r| r.analysis.as_ref()).and_then(|a| a.wait_for_first_scrape)
         == Some(true)
 }
 
 /// The pod template's readiness gates.
-pub fn readiness_gates(isvc: &InferenceService) -> Option<Vec<PodReadinessGate>> {
+pub fn pod_readiness_gates(isvc: &InferenceService) -> Option<Vec<PodReadinessGate>> {
     enabled(isvc).then(|| vec![PodReadinessGate { condition_type: SCRAPED.into() }])
 }
 
 /// Gated pods whose gate is not open yet (and that are not going away).
-pub fn closed(pods: &[Pod]) -> Vec<&Pod> {
+pub fn closed_gates(pods: &[Pod]) -> Vec<&Pod> {
     pods.iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .filter(|p| {
@@ -66,7 +68,7 @@ pub fn needs_scrape_check(pod: &Pod, stable_version: Option<&str>, now: &Time) -
 /// Why a closed gate opens now; `None` keeps it closed. `scrapes`: when Prometheus
 /// scraped the pod (`up == 1` sample times, ascending, in seconds); `prometheus`: one is
 /// configured at all.
-pub fn opening(
+pub fn gate_opening(
     pod: &Pod,
     stable_version: Option<&str>,
     scrapes: &[f64],
@@ -116,7 +118,7 @@ pub fn up_query(namespace: &str, pod: &str) -> String {
 }
 
 /// The strategic-merge patch of pods/status that opens the gate.
-pub fn open_patch(reason: &str, message: &str, now: &Time) -> Value {
+pub fn open_gate_patch(reason: &str, message: &str, now: &Time) -> Value {
     json!({"status": {"conditions": [{
         "type": SCRAPED, "status": "True", "reason": reason, "message": message,
         "lastTransitionTime": now, "lastProbeTime": null,
@@ -158,7 +160,7 @@ mod tests {
             pod("v2", "2025-01-01T00:00:00Z", true, true),
             pod("v2", "2025-01-01T00:00:00Z", false, false),
         ];
-        assert_eq!(closed(&pods).len(), 1);
+        assert_eq!(closed_gates(&pods).len(), 1);
     }
 
     #[test]
@@ -166,26 +168,27 @@ mod tests {
         let epoch = 1735689600.0; // 2025-01-01T00:00:00Z
         let now = t("2025-01-01T00:00:10Z");
         let stable = pod("v1", "2025-01-01T00:00:09Z", true, false);
-        assert_eq!(opening(&stable, Some("v1"), &[], true, &now).unwrap().0, "StableVersion");
+        assert_eq!(gate_opening(&stable, Some("v1"), &[], true, &now).unwrap().0, "StableVersion");
         assert!(!needs_scrape_check(&stable, Some("v1"), &now));
 
         let canary = pod("v2", "2025-01-01T00:00:05Z", true, false);
         assert!(needs_scrape_check(&canary, Some("v1"), &now));
-        assert_eq!(opening(&canary, Some("v1"), &[], true, &now), None, "not scraped yet: held");
-        let at =
-            |s: &str| opening(&canary, Some("v1"), &[epoch + 6.0, epoch + 8.0], true, &t(s)).map(|o| o.0);
+        assert_eq!(gate_opening(&canary, Some("v1"), &[], true, &now), None, "not scraped yet: held");
+        let at = |s: &str| {
+            gate_opening(&canary, Some("v1"), &[epoch + 6.0, epoch + 8.0], true, &t(s)).map(|o| o.0)
+        };
         // Scraped at :06 and :08, so next at :10: opened from :09 (the lead), not before.
         assert_eq!(at("2025-01-01T00:00:08.500Z"), None);
         assert_eq!(at("2025-01-01T00:00:09.100Z"), Some("Scraped"));
         assert_eq!(at("2025-01-01T00:00:12Z"), Some("Scraped"), "a missed window opens late, not never");
         // One scrape says nothing about the phase yet.
-        assert_eq!(opening(&canary, Some("v1"), &[epoch + 8.0], true, &now), None);
-        assert_eq!(opening(&canary, Some("v1"), &[], false, &now).unwrap().0, "NoPrometheus");
+        assert_eq!(gate_opening(&canary, Some("v1"), &[epoch + 8.0], true, &now), None);
+        assert_eq!(gate_opening(&canary, Some("v1"), &[], false, &now).unwrap().0, "NoPrometheus");
         let later = t("2025-01-01T00:01:05Z");
         assert!(!needs_scrape_check(&canary, Some("v1"), &later));
-        assert_eq!(opening(&canary, Some("v1"), &[], true, &later).unwrap().0, "NotScraped");
+        assert_eq!(gate_opening(&canary, Some("v1"), &[], true, &later).unwrap().0, "NotScraped");
         // The first version of a service has no stable yet: it waits for its scrapes too.
-        assert_eq!(opening(&canary, None, &[], true, &now), None);
+        assert_eq!(gate_opening(&canary, None, &[], true, &now), None);
     }
 
     #[test]
@@ -202,7 +205,7 @@ mod tests {
     #[test]
     fn the_query_and_the_patch() {
         assert_eq!(up_query("ml", "web-v2-x"), r#"up{namespace="ml",pod="web-v2-x"}[1m]"#);
-        let p = open_patch("Scraped", "m", &t("2025-01-01T00:00:10Z"));
+        let p = open_gate_patch("Scraped", "m", &t("2025-01-01T00:00:10Z"));
         assert_eq!(p["status"]["conditions"][0]["type"], SCRAPED);
         assert_eq!(p["status"]["conditions"][0]["status"], "True");
     }

@@ -1,0 +1,133 @@
+//! The pass as a pure function: which children it wants, and that every one of them can be
+//! found again (and pruned) by the owner's label and controller reference.
+
+use serde_json::json;
+
+use super::*;
+use crate::controllers::apply::controlled_by;
+
+fn t(secs: i64) -> Time {
+    Time(k8s_openapi::jiff::Timestamp::from_second(1_800_000_000 + secs).unwrap())
+}
+
+fn version(name: &str, validated: bool) -> ModelVersion {
+    serde_json::from_value(json!({
+        "apiVersion": api::API_VERSION, "kind": "ModelVersion",
+        "metadata": {"name": name, "namespace": "ml", "uid": format!("uid-{name}"),
+                     "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"model": "iris", "artifact": {"uri": "s3://models/iris/model.json"}},
+        "status": {"conditions": [{"type": "Validated", "status": if validated { "True" } else { "Unknown" },
+                                   "reason": "R", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+    }))
+    .unwrap()
+}
+
+fn inputs(spec: serde_json::Value, status: serde_json::Value) -> Inputs {
+    let isvc = serde_json::from_value(json!({
+        "apiVersion": api::API_VERSION, "kind": "InferenceService",
+        "metadata": {"name": "web", "namespace": "ml", "uid": "isvc-uid", "generation": 3},
+        "spec": spec, "status": status,
+    }))
+    .unwrap();
+    let versions = ["iris-v1", "iris-v2"].map(|v| (v.to_string(), version(v, true))).into_iter().collect();
+    Inputs { isvc, deployments: vec![], pods: vec![], versions, measurements: vec![] }
+}
+
+fn gateway_canary() -> Inputs {
+    inputs(
+        json!({"model": "iris", "track": "LatestValidated", "replicas": 2,
+               "autoscaling": {"maxReplicas": 4},
+               "rollout": {"steps": [{"weight": 30, "pauseSeconds": 600}],
+                           "trafficRouting": {"gatewayAPI": {"gatewayRef": {"name": "public"}}}}}),
+        json!({"stable": {"version": "iris-v1", "weight": 70},
+               "canary": {"version": "iris-v2", "step": 0, "phase": "Progressing", "weight": 30,
+                          "startTime": t(0), "stepStartTime": t(0)}}),
+    )
+}
+
+fn kinds_and_names(outcome: &Outcome) -> Vec<(String, String)> {
+    outcome.children.iter().map(Child::key).collect()
+}
+
+#[test]
+fn every_child_carries_the_owner_label_and_controller_reference() {
+    let outcome = plan(&gateway_canary(), &t(10)).unwrap();
+    let pairs =
+        |v: &[(&str, &str)]| v.iter().map(|(k, n)| (k.to_string(), n.to_string())).collect::<Vec<_>>();
+    assert_eq!(
+        kinds_and_names(&outcome),
+        pairs(&[
+            ("Deployment", "web-iris-v1"),
+            ("Deployment", "web-iris-v2"),
+            ("Service", "web"),
+            ("Service", "web-stable"),
+            ("Service", "web-canary"),
+            ("HTTPRoute", "web"),
+            ("HorizontalPodAutoscaler", "web"),
+        ])
+    );
+    for child in &outcome.children {
+        let meta = &child.object.metadata;
+        assert_eq!(
+            meta.labels.as_ref().and_then(|l| l.get(api::LABEL_INFERENCE_SERVICE)).map(String::as_str),
+            Some("web"),
+            "{:?} must match the prune selector",
+            child.key()
+        );
+        assert!(controlled_by(meta, "isvc-uid"), "{:?} must be controlled by the service", child.key());
+    }
+}
+
+#[test]
+fn replica_routing_wants_no_route_and_no_role_services() {
+    let mut inputs = gateway_canary();
+    inputs.isvc.spec.rollout.as_mut().unwrap().traffic_routing = None;
+    inputs.isvc.spec.autoscaling = None;
+    let outcome = plan(&inputs, &t(10)).unwrap();
+    let kinds: Vec<String> = kinds_and_names(&outcome).into_iter().map(|(k, n)| format!("{k}/{n}")).collect();
+    assert_eq!(kinds, ["Deployment/web-iris-v1", "Deployment/web-iris-v2", "Service/web"]);
+}
+
+#[test]
+fn the_first_validated_version_is_served_and_a_missing_one_gets_no_deployment() {
+    let mut inputs = inputs(json!({"model": "iris", "track": "LatestValidated"}), json!({}));
+    inputs.versions.remove("iris-v2");
+    let outcome = plan(&inputs, &t(0)).unwrap();
+    assert_eq!(outcome.status.stable.as_ref().unwrap().version, "iris-v1");
+    assert_eq!(outcome.status.selector.as_deref(), Some("mlops.dev/inference-service=web"));
+    assert!(outcome.notes.iter().any(|n| n.reason == "Promoted"));
+
+    // The status names a version that no longer exists: nothing to run for it.
+    let mut inputs = inputs_with_stable("iris-gone");
+    inputs.versions.clear();
+    let outcome = plan(&inputs, &t(0)).unwrap();
+    assert!(outcome.children.iter().all(|c| c.resource.kind != "Deployment"));
+}
+
+fn inputs_with_stable(version: &str) -> Inputs {
+    inputs(
+        json!({"model": "iris", "track": "LatestValidated"}),
+        json!({"stable": {"version": version, "weight": 100}}),
+    )
+}
+
+#[test]
+fn a_pin_is_resolved_from_what_was_read() {
+    let mut inputs = inputs(json!({"model": "iris", "version": "iris-v9"}), json!({}));
+    let resolved = resolve(&inputs.isvc, &inputs.versions);
+    assert!(resolved.stalled);
+    assert_eq!(resolved.problem.as_deref(), Some("pinned ModelVersion iris-v9 does not exist"));
+    inputs.versions.insert("iris-v9".into(), version("iris-v9", false));
+    let resolved = resolve(&inputs.isvc, &inputs.versions);
+    assert!(!resolved.stalled, "not validated yet is a matter of time");
+    assert_eq!(version_names(&inputs.isvc), ["iris-v9"]);
+}
+
+#[test]
+fn pods_are_read_only_when_something_looks_at_them() {
+    let idle = inputs(json!({"model": "iris", "track": "LatestValidated"}), json!({}));
+    assert!(!needs_pods(&idle.isvc, &[]));
+    assert!(needs_pods(&gateway_canary().isvc, &[]), "a canary's health");
+    let unready = inputs_with_stable("iris-v1");
+    assert!(needs_pods(&unready.isvc, &[]), "why the stable has no Ready pod");
+}
