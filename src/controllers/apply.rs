@@ -9,9 +9,12 @@
 //! Errors name the step and the object ("apply Service iris-stable: …"), and
 //! [`Failure::of`] turns one into the condition and Warning Event a user sees.
 
-use std::collections::BTreeSet;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Mutex,
+};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta, Time};
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams},
@@ -58,6 +61,11 @@ impl Child {
     }
 }
 
+/// Annotation holding a digest of what the operator last applied to a child: a child
+/// whose digest matches and that nobody else has written since is not applied again, so a
+/// pass with nothing to change makes no writes.
+pub const ANNOTATION_APPLIED: &str = "mlops.dev/applied-digest";
+
 /// Applies and prunes the children of one owner, in the owner's namespace.
 pub struct Applier {
     client: Client,
@@ -65,6 +73,9 @@ pub struct Applier {
     owner_uid: String,
     /// The label selector every child of this owner carries.
     selector: String,
+    /// What [`Applier::observe`] listed, by kind; `None` for a kind the API server does not
+    /// serve (for example HTTPRoute without the Gateway API installed).
+    observed: Mutex<BTreeMap<String, Option<Vec<ObjectMeta>>>>,
 }
 
 impl Applier {
@@ -74,6 +85,7 @@ impl Applier {
             namespace: namespace.into(),
             owner_uid: owner_uid.into(),
             selector: selector.into(),
+            observed: Mutex::default(),
         }
     }
 
@@ -81,15 +93,45 @@ impl Applier {
         Api::namespaced_with(self.client.clone(), &self.namespace, resource)
     }
 
+    /// Lists (metadata only) the owner's children of `kinds`, once per pass: [`Applier::apply`]
+    /// skips what is already as desired and [`Applier::prune`] deletes from this list.
+    pub async fn observe(&self, kinds: &[ApiResource]) -> Result<()> {
+        for resource in kinds {
+            let listed =
+                match self.api(resource).list_metadata(&ListParams::default().labels(&self.selector)).await {
+                    Ok(list) => Some(list.items.into_iter().map(|o| o.metadata).collect()),
+                    // The kind is not served: nothing of it exists, nothing to prune.
+                    Err(kube::Error::Api(s)) if s.code == 404 => None,
+                    Err(e) => return Err(Error::child("list", &resource.plural, &self.selector, e)),
+                };
+            self.observed.lock().expect("observed lock").insert(resource.kind.clone(), listed);
+        }
+        Ok(())
+    }
+
     /// Server-side applies `child` with the operator's field manager, taking the fields it
-    /// sends.
-    pub async fn apply(&self, child: &Child) -> Result<DynamicObject> {
+    /// sends, unless the observed child already carries them ([`up_to_date`]). Returns
+    /// whether it wrote.
+    pub async fn apply(&self, child: &Child) -> Result<bool> {
         let name = child.name();
+        let (object, digest) = with_digest(child)?;
+        let current = {
+            let observed = self.observed.lock().expect("observed lock");
+            observed
+                .get(&child.resource.kind)
+                .cloned()
+                .flatten()
+                .and_then(|list| list.into_iter().find(|m| m.name.as_deref() == Some(name.as_str())))
+        };
+        if current.as_ref().is_some_and(|m| up_to_date(m, &digest)) {
+            return Ok(false);
+        }
         let params = PatchParams::apply(FIELD_MANAGER).force();
         self.api(&child.resource)
-            .patch(&name, &params, &Patch::Apply(&child.object))
+            .patch(&name, &params, &Patch::Apply(&object))
             .await
-            .map_err(|e| Error::child("apply", &child.resource.kind, &name, e))
+            .map_err(|e| Error::child("apply", &child.resource.kind, &name, e))?;
+        Ok(true)
     }
 
     /// Applies every child in order.
@@ -101,24 +143,27 @@ impl Applier {
     }
 
     /// Deletes every object of `kinds` that this owner controls and that `keep` (by kind
-    /// and name) does not name. Returns what was deleted, as `(kind, name)`.
+    /// and name) does not name, from what [`Applier::observe`] listed (kinds not observed
+    /// are listed now). Returns what was deleted, as `(kind, name)`.
     pub async fn prune(
         &self,
         kinds: &[ApiResource],
         keep: &BTreeSet<(String, String)>,
     ) -> Result<Vec<(String, String)>> {
+        let missing: Vec<ApiResource> = {
+            let observed = self.observed.lock().expect("observed lock");
+            kinds.iter().filter(|r| !observed.contains_key(&r.kind)).cloned().collect()
+        };
+        self.observe(&missing).await?;
         let mut pruned = Vec::new();
         for resource in kinds {
+            let listed = self.observed.lock().expect("observed lock").get(&resource.kind).cloned().flatten();
             let api = self.api(resource);
-            let listed = api
-                .list_metadata(&ListParams::default().labels(&self.selector))
-                .await
-                .map_err(|e| Error::child("list", &resource.plural, &self.selector, e))?;
-            for obj in listed.items {
-                let name = obj.name_any();
-                let ours = controlled_by(&obj.metadata, &self.owner_uid);
+            for meta in listed.unwrap_or_default() {
+                let name = meta.name.clone().unwrap_or_default();
+                let ours = controlled_by(&meta, &self.owner_uid);
                 let wanted = keep.contains(&(resource.kind.clone(), name.clone()));
-                if !ours || wanted || obj.metadata.deletion_timestamp.is_some() {
+                if !ours || wanted || meta.deletion_timestamp.is_some() {
                     continue;
                 }
                 match api.delete(&name, &DeleteParams::background()).await {
@@ -133,8 +178,49 @@ impl Applier {
     }
 }
 
+/// The child as it is applied, carrying [`ANNOTATION_APPLIED`], and that digest.
+fn with_digest(child: &Child) -> Result<(DynamicObject, String)> {
+    use sha2::Digest;
+    let mut object = child.object.clone();
+    if let Some(a) = object.metadata.annotations.as_mut() {
+        a.remove(ANNOTATION_APPLIED);
+    }
+    let digest = hex::encode(&sha2::Sha256::digest(serde_json::to_vec(&object)?)[..12]);
+    object
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(ANNOTATION_APPLIED.into(), digest.clone());
+    Ok((object, digest))
+}
+
+/// Whether an observed child already holds what we would apply: our digest is on it and no
+/// other manager owns a field of its body. A `kubectl edit` of a field we set moves that
+/// field to the editor's manager entry: that is drift, and the next apply (forced) takes it
+/// back. Other controllers' metadata (the Deployment controller's revision annotation) and
+/// writes to subresources (status, an autoscaler's scale) are not drift. Timestamps are not
+/// compared: a no-op apply does not refresh ours, so a later benign write would look like
+/// drift for ever.
+pub fn up_to_date(meta: &ObjectMeta, digest: &str) -> bool {
+    let ours = meta.annotations.as_ref().and_then(|a| a.get(ANNOTATION_APPLIED));
+    if ours.map(String::as_str) != Some(digest) {
+        return false;
+    }
+    !meta.managed_fields.iter().flatten().any(|f| {
+        let main = f.subresource.as_deref().unwrap_or_default().is_empty();
+        let foreign = f.manager.as_deref() != Some(FIELD_MANAGER);
+        main && foreign && owns_body_fields(f)
+    })
+}
+
+/// Whether a managed-fields entry owns anything but `metadata`.
+fn owns_body_fields(entry: &ManagedFieldsEntry) -> bool {
+    let Some(fields) = entry.fields_v1.as_ref().and_then(|f| f.0.as_object()) else { return false };
+    fields.keys().any(|k| k != "f:metadata" && k != ".")
+}
+
 /// Whether `meta` has a controller owner reference to the object with `uid`.
-pub fn controlled_by(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, uid: &str) -> bool {
+pub fn controlled_by(meta: &ObjectMeta, uid: &str) -> bool {
     meta.owner_references.iter().flatten().any(|r| r.controller == Some(true) && r.uid == uid)
 }
 
@@ -291,5 +377,60 @@ mod tests {
             mock_api::lines(&log),
             vec!["GET /api/v1/namespaces/ns/services", "DELETE /api/v1/namespaces/ns/services/iris-stable",]
         );
+    }
+
+    fn observed(digest: &str, managers: serde_json::Value) -> ObjectMeta {
+        serde_json::from_value(serde_json::json!({
+            "name": "iris",
+            "annotations": {ANNOTATION_APPLIED: digest},
+            "managedFields": managers,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_child_is_up_to_date_only_with_our_digest_and_no_foreign_body_fields() {
+        let ours = serde_json::json!({"manager": FIELD_MANAGER, "operation": "Apply",
+            "fieldsV1": {"f:metadata": {}, "f:spec": {"f:replicas": {}}}});
+        let revision = serde_json::json!({"manager": "kube-controller-manager", "operation": "Update",
+            "fieldsV1": {"f:metadata": {"f:annotations": {"f:deployment.kubernetes.io/revision": {}}}}});
+        let status = serde_json::json!({"manager": "kube-controller-manager", "operation": "Update",
+            "subresource": "status", "fieldsV1": {"f:status": {}}});
+        let scale = serde_json::json!({"manager": "kube-controller-manager", "operation": "Update",
+            "subresource": "scale", "fieldsV1": {"f:spec": {"f:replicas": {}}}});
+        let edit = serde_json::json!({"manager": "kubectl-edit", "operation": "Update",
+            "fieldsV1": {"f:spec": {"f:template": {}}}});
+        assert!(up_to_date(&observed("d1", serde_json::json!([ours, revision, status, scale])), "d1"));
+        assert!(!up_to_date(&observed("d1", serde_json::json!([ours])), "d2"), "the desired state changed");
+        assert!(
+            !up_to_date(&observed("d1", serde_json::json!([ours, edit])), "d1"),
+            "someone edited the body"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_observed_child_that_is_up_to_date_is_not_applied_again() {
+        use crate::controllers::mock_api::{self, Call};
+        let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": "iris"}, "spec": {"ports": [{"port": 80}]}}),
+        )
+        .unwrap();
+        let child = Child::of(&svc).unwrap();
+        let (_, digest) = with_digest(&child).unwrap();
+        let stored =
+            serde_json::json!({"metadata": {"name": "iris", "annotations": {ANNOTATION_APPLIED: digest}}});
+        let (client, log) = mock_api::client(move |call: &Call| match call.method.as_str() {
+            "GET" => mock_api::list("Service", vec![stored.clone()]),
+            _ => mock_api::echo(call),
+        });
+        let applier = Applier::new(client, "ns", "mine", "app=iris");
+        applier.observe(std::slice::from_ref(&child.resource)).await.unwrap();
+        assert!(!applier.apply(&child).await.unwrap(), "unchanged: no write");
+        let mut changed = child.clone();
+        changed.object.data["spec"]["ports"][0]["port"] = 8080.into();
+        assert!(applier.apply(&changed).await.unwrap(), "changed: applied");
+        let writes = mock_api::writes(&log);
+        assert_eq!(writes.len(), 1);
+        assert!(writes[0].body.as_ref().unwrap()["metadata"]["annotations"][ANNOTATION_APPLIED].is_string());
     }
 }

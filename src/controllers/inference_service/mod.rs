@@ -119,16 +119,13 @@ async fn reconcile_at(isvc: &InferenceService, ctx: &Context, now: &Time) -> Res
         &isvc.uid().unwrap_or_default(),
         &desired::selector_string(isvc),
     );
+    // Children as they are (one metadata list per kind), then only what changed is applied
+    // and what is no longer desired is deleted. Without the Gateway API's CRDs there are no
+    // HTTPRoutes: observe treats the kind as empty.
+    let kinds: Vec<_> = child_kinds().into_iter().chain([desired::http_route_resource()]).collect();
+    applier.observe(&kinds).await?;
     applier.apply_all(&outcome.children).await?;
-    let keep = apply::keys(&outcome.children);
-    applier.prune(&child_kinds(), &keep).await?;
-    // Without the Gateway API's CRDs there are no HTTPRoutes to list, so none to prune.
-    match applier.prune(&[desired::http_route_resource()], &keep).await {
-        Err(Error::Child { source, .. }) if matches!(&*source, kube::Error::Api(s) if s.code == 404) => {}
-        other => {
-            other?;
-        }
-    }
+    applier.prune(&kinds, &apply::keys(&outcome.children)).await?;
 
     let gate_recheck = open_readiness_gates(ctx, isvc, &inputs.pods, &outcome.status, now).await?;
 

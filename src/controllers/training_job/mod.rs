@@ -110,6 +110,8 @@ async fn reconcile_pass(tj: &TrainingJob, ctx: &Context, now: Timestamp) -> Resu
 
     let selector = format!("{}={}", api::LABEL_TRAINING_JOB, tj.name_any());
     let applier = Applier::new(ctx.client.clone(), &ns, tj.uid().as_deref().unwrap_or_default(), &selector);
+    let kinds = [ApiResource::erase::<Job>(&()), ApiResource::erase::<Service>(&())];
+    applier.observe(&kinds).await?;
     applier.apply_all(&outcome.children).await?;
     if let Some(run) = &outcome.started {
         info!(run = %run.name, "started a training run");
@@ -141,9 +143,7 @@ async fn reconcile_pass(tj: &TrainingJob, ctx: &Context, now: Timestamp) -> Resu
     }
     // After the status write: a finished check's reading is in the status before its Job
     // goes, and a run's Job is kept while its record is.
-    applier
-        .prune(&[ApiResource::erase::<Job>(&()), ApiResource::erase::<Service>(&())], &outcome.keep)
-        .await?;
+    applier.prune(&kinds, &outcome.keep).await?;
     for ev in outcome.events.iter().cloned() {
         let type_ = if ev.warning { EventType::Warning } else { EventType::Normal };
         ctx.event(&tj, type_, ev.reason, "Reconcile", ev.note).await;
