@@ -23,7 +23,7 @@ log() { printf '[verify-chart] %s\n' "$*" >&2; }
 tmp=$(mktemp -d)
 ns=""
 cleanup() {
-  [[ -n $ns ]] && kubectl delete namespace "$ns" --wait=false >/dev/null 2>&1 || true
+  if [[ -n $ns ]]; then kubectl delete namespace "$ns" --wait=false >/dev/null 2>&1 || true; fi
   rm -rf "$tmp"
 }
 trap cleanup EXIT
