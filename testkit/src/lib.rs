@@ -40,6 +40,12 @@ use kube::{
 };
 use serde::de::DeserializeOwned;
 
+mod operator;
+mod s3;
+
+pub use operator::Operator;
+pub use s3::S3Server;
+
 /// The repository root (this crate lives one level below it).
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("testkit has a parent").to_path_buf()
@@ -332,170 +338,6 @@ pub fn fixture_expectation(text: &str) -> Option<&str> {
     text.lines().next()?.strip_prefix("# expect:").map(str::trim)
 }
 
-/// An `mlops-operator run` process scoped to one namespace (its own Lease there too), so
-/// tests never share an operator; stopped (SIGTERM, then SIGKILL) when dropped. Its log is
-/// kept in `target/e2e-logs/<namespace>-<n>.log`.
-pub struct Operator {
-    child: std::process::Child,
-    pub metrics_addr: std::net::SocketAddr,
-    pub log: PathBuf,
-}
-
-impl Operator {
-    /// Starts the operator binary (`env!("CARGO_BIN_EXE_mlops-operator")` in the test).
-    pub fn start(binary: &str, namespace: &str, extra: &[&str]) -> Operator {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free loopback port")
-            .port();
-        let metrics_addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-        let dir = repo_root().join("target/e2e-logs");
-        std::fs::create_dir_all(&dir).expect("log dir");
-        let log = dir.join(format!("{namespace}-{port}.log"));
-        let file = std::fs::File::create(&log).expect("log file");
-        let mut cmd = Command::new(binary);
-        cmd.args(["run", "--metrics-addr", &metrics_addr.to_string(), "--watch-namespace", namespace]);
-        // The local cluster's Prometheus (hack/prometheus.sh) measures metric checks.
-        if let Some(url) = prometheus_url() {
-            cmd.args(["--prometheus-url", &url]);
-        }
-        let child = cmd
-            .args(["--namespace", namespace, "--lease-duration-seconds", "6", "--lease-retry-seconds", "1"])
-            .args(extra)
-            .env("KUBECONFIG", kubeconfig_path())
-            // MLOPS_E2E_OPERATOR_LOG overrides the filter (e.g. `info,mlops_operator=debug`).
-            .env(
-                "RUST_LOG",
-                std::env::var("MLOPS_E2E_OPERATOR_LOG").unwrap_or_else(|_| "info,kube=warn".into()),
-            )
-            .stdout(file.try_clone().expect("log file"))
-            .stderr(file)
-            .spawn()
-            .expect("starting mlops-operator");
-        Operator { child, metrics_addr, log }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The operator's `/metrics` text, or `None` while it does not answer.
-    pub fn metrics(&self) -> Option<String> {
-        http_get(self.metrics_addr, "/metrics")
-    }
-
-    /// The value of a sample line in `/metrics` that starts with `series`.
-    pub fn metric(&self, series: &str) -> Option<f64> {
-        self.metrics()?.lines().find(|l| l.starts_with(series))?.rsplit(' ').next()?.parse().ok()
-    }
-
-    /// Reconciliations of `controller` this operator has started (`None` while its
-    /// metrics do not answer).
-    pub fn reconciles_started(&self, controller: &str) -> Option<f64> {
-        self.metric_or_zero(&format!("mlops_operator_reconciliations_total{{controller=\"{controller}\"}}"))
-    }
-
-    /// Reconciliations of `controller` this operator has finished (its duration histogram
-    /// counts a pass when it ends, after its status writes and Events).
-    pub fn reconciles_finished(&self, controller: &str) -> Option<f64> {
-        self.metric_or_zero(&format!(
-            "mlops_operator_reconcile_duration_seconds_count{{controller=\"{controller}\"}}"
-        ))
-    }
-
-    /// A counter's value; 0 when the operator answers but has not recorded it yet.
-    fn metric_or_zero(&self, series: &str) -> Option<f64> {
-        let text = self.metrics()?;
-        let line = text.lines().find(|l| l.starts_with(series));
-        Some(line.and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0.0))
-    }
-
-    /// Waits until `controller` has finished a pass that started after `started_before`
-    /// (a value of [`Operator::reconciles_started`] read before the change the test made):
-    /// the positive proof that the operator has looked at that change. Panics naming
-    /// `what` after `timeout`.
-    pub async fn wait_pass(&self, controller: &str, started_before: f64, what: &str, timeout: Duration) {
-        let start = Instant::now();
-        loop {
-            if self.reconciles_finished(controller).is_some_and(|done| done > started_before) {
-                return;
-            }
-            if start.elapsed() > timeout {
-                panic!(
-                    "timed out after {timeout:?} waiting for a {controller} pass after {what} \
-                     (started before: {started_before}, finished now: {:?})\n{}",
-                    self.reconciles_finished(controller),
-                    self.log_tail(20)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Waits until `controller` is idle: every started pass has finished and none started
-    /// for `quiet`. Whatever the operator will do about the present state, it has done; a
-    /// reconcile storm never gets there and fails after `timeout`, with the counts.
-    pub async fn wait_idle(&self, controller: &str, quiet: Duration, timeout: Duration) {
-        let start = Instant::now();
-        let mut last: Option<(f64, f64)> = None;
-        let mut since = Instant::now();
-        loop {
-            let now = self.reconciles_started(controller).zip(self.reconciles_finished(controller));
-            if now != last || now.is_some_and(|(s, f)| s != f) {
-                last = now;
-                since = Instant::now();
-            } else if since.elapsed() >= quiet {
-                return;
-            }
-            if start.elapsed() > timeout {
-                panic!(
-                    "{controller} never went {quiet:?} without a reconciliation in {timeout:?} \
-                     (a reconcile storm?): started/finished {last:?}\n{}",
-                    self.log_tail(20)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// SIGTERM and wait up to `timeout` for a clean exit; returns the exit status.
-    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let start = Instant::now();
-        while start.elapsed() < timeout {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-
-    /// SIGKILL: the operator dies at once, mid-reconcile, as on a node failure or an OOM
-    /// kill (no graceful shutdown, its Lease is not released). Waits for the process to go.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// The operator's log so far (for failure messages).
-    pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            self.terminate(Duration::from_secs(5));
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// The local cluster's Prometheus URL, from `.dev/prometheus-url` (written by
 /// hack/prometheus.sh), or `MLOPS_PROMETHEUS_URL`.
 pub fn prometheus_url() -> Option<String> {
@@ -557,73 +399,6 @@ pub fn train_iris(dir: &str) -> String {
         .expect("running mlops-runtime train (cargo build -p mlops-runtime)");
     assert!(out.status.success(), "training: {}", output_text(&out));
     format!("file://{}", artifact.display())
-}
-
-/// A real S3 server on loopback for `s3://` tests: the Versity S3 Gateway
-/// (`hack/build-tools.sh` builds it) over a temporary folder, one bucket per folder in it,
-/// with its own root credentials; stopped and removed when dropped. Objects are written
-/// straight into the folder (a data pipeline dropping a new snapshot) and read through the
-/// S3 API, signed, by whoever is given the credentials.
-pub struct S3Server {
-    child: std::process::Child,
-    pub root: PathBuf,
-    pub endpoint: String,
-    pub access_key: String,
-    pub secret_key: String,
-}
-
-impl S3Server {
-    /// Starts the server; panics when `versitygw` is not built (`make tools`).
-    pub fn start(name: &str) -> S3Server {
-        let bin = tools_bin().join("versitygw");
-        assert!(bin.exists(), "{} is missing: run `make tools` (hack/build-tools.sh)", bin.display());
-        let root = PathBuf::from(format!("/tmp/mlops-e2e/s3-{}", unique_name(name)));
-        std::fs::create_dir_all(&root).expect("S3 root");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free loopback port")
-            .port();
-        let (access_key, secret_key) = (format!("AK{}", unique_name("s3")), unique_name("secret"));
-        let child = Command::new(&bin)
-            .args(["--access", &access_key, "--secret", &secret_key, "--port", &format!("127.0.0.1:{port}")])
-            .args(["--quiet", "posix"])
-            .arg(&root)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("starting versitygw");
-        let server =
-            S3Server { child, root, endpoint: format!("http://127.0.0.1:{port}"), access_key, secret_key };
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(20), "versitygw did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
-    }
-
-    /// Creates an empty bucket.
-    pub fn bucket(&self, name: &str) {
-        std::fs::create_dir_all(self.root.join(name)).expect("bucket folder");
-    }
-
-    /// Writes an object (creating its bucket).
-    pub fn put(&self, bucket: &str, key: &str, bytes: &[u8]) {
-        let path = self.root.join(bucket).join(key);
-        std::fs::create_dir_all(path.parent().expect("object path")).expect("bucket folder");
-        // Write then rename, so a reader never sees half an object.
-        let tmp = path.with_extension("partial");
-        std::fs::write(&tmp, bytes).expect("object");
-        std::fs::rename(&tmp, &path).expect("object");
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
 }
 
 /// Where `hack/build-tools.sh` puts the tools it builds.
