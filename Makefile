@@ -11,6 +11,10 @@ help: ## list the targets
 test: ## everything: deps, tools, lint, generated-file drift, local cluster, all tests
 	hack/test.sh
 
+.PHONY: lint-shell
+lint-shell: ## shellcheck the scripts in hack/ and bench/ (make test does it too)
+	shellcheck -x -P SCRIPTDIR hack/*.sh bench/*.sh .ci/run
+
 .PHONY: tools
 tools: ## build the pinned control-plane tools into the cache (no-op when cached)
 	hack/ensure-deps.sh

@@ -9,7 +9,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 # shellcheck source=../hack/versions.env
 source hack/versions.env
-export PATH="$(hack/build-tools.sh --print):$PATH" GOTOOLCHAIN=local GOFLAGS=-mod=mod
+tools_bin=$(hack/build-tools.sh --print)
+export PATH="$tools_bin:$PATH" GOTOOLCHAIN=local GOFLAGS=-mod=mod
 [[ -f .dev/kubeconfig ]] || { echo "no local cluster: make cluster-up" >&2; exit 1; }
 CACHE=${MLOPS_TOOLS_CACHE:-$HOME/.cache/mlops-operator}
 dir=$CACHE/argo-rollouts-$ARGO_ROLLOUTS_VERSION

@@ -107,7 +107,9 @@ up() {
   if [[ -f $state/ports ]] && readyz; then
     # A cluster from before the node agent existed (or whose agent or Prometheus died) gets
     # them back; hack/prometheus.sh up does nothing when Prometheus is up.
-    [[ -f $state/pids/mlops-node ]] && kill -0 "$(cat "$state/pids/mlops-node")" 2>/dev/null || node_up
+    if ! { [[ -f $state/pids/mlops-node ]] && kill -0 "$(cat "$state/pids/mlops-node")" 2>/dev/null; }; then
+      node_up
+    fi
     "$root/hack/prometheus.sh" up || log "Prometheus did not start: tests that query it will fail (hack/ensure-deps.sh installs it)"
     log "already running (kubeconfig: .dev/kubeconfig)"; return 0; fi
   [[ -d $state ]] && { log "removing a stale cluster"; down_quiet; }
@@ -177,6 +179,7 @@ up() {
 # bound to it as host processes, Services as proxies on 127.0.0.1 (address in the Service
 # annotation mlops.dev/local-address and in .dev/services/), and serves `kubectl logs`.
 # Then Prometheus (hack/prometheus.sh), which scrapes annotated pods. Both stop with `down`.
+#   MLOPS_NODE_LOG           the agent's log filter (default info,kube=warn; keep info or finer)
 #   MLOPS_NODE_BACKOFF_BASE  first CrashLoopBackOff delay in seconds (default 2; kubelet: 10)
 #   MLOPS_RUNTIME_BIN        the executable that plays the mlops-runtime image
 #   MLOPS_NODE_IMAGES        an image map of your own (default: .dev/node/images.yaml, generated)
@@ -225,15 +228,37 @@ IMAGES
   if [[ -n $memory ]]; then capacity+=(--memory "$memory"); fi
   local kubelet_port; kubelet_port=$(free_port)
   sed -i '/^KUBELET_PORT=/d' "$state/ports"; echo "KUBELET_PORT=$kubelet_port" >>"$state/ports"
-  start mlops-node "$target/debug/mlops-node" --kubeconfig "$kubeconfig" --node-name local-node \
+  # Info level at least: wait_node_ready reads the agent's "running" line from its log.
+  start mlops-node env RUST_LOG="${MLOPS_NODE_LOG:-info,kube=warn}" "$target/debug/mlops-node" --kubeconfig "$kubeconfig" --node-name local-node \
     --images "$images" --state-dir "$node_dir" --services-dir "$dev/services" \
     --backoff-base-seconds "${MLOPS_NODE_BACKOFF_BASE:-2}" \
     "${capacity[@]}" \
     --kubelet-port "$kubelet_port" --kubelet-cert "$p/node.crt" --kubelet-key "$p/node.key"
-  kubectl --kubeconfig "$kubeconfig" wait --for=condition=Ready node/local-node --timeout=60s >/dev/null \
-    || { log "node local-node did not become Ready; see $state/logs/mlops-node.log"; tail -20 "$state/logs/mlops-node.log" >&2; exit 1; }
+  wait_node_ready
   log "node local-node is Ready (pods run as host processes; logs in .dev/node/pods/)"
   "$root/hack/prometheus.sh" up || log "Prometheus did not start: tests that query it will fail (hack/ensure-deps.sh installs it)"
+}
+
+# Waits (bounded) until this agent runs and Node local-node exists and is Ready. The agent
+# registers the Node after it starts, so `kubectl wait node/local-node` could run before the
+# object exists ("not found") and fail at once; one poll covers both. After a restart the
+# Node is still Ready from the agent before, so the new agent's own log line is awaited too
+# (its log starts empty). Gives up early if the agent dies.
+wait_node_ready() {
+  local pid ready
+  pid=$(cat "$state/pids/mlops-node")
+  for _ in $(seq 300); do
+    ready=$(kubectl --kubeconfig "$kubeconfig" get node local-node \
+      -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null || true)
+    if [[ $ready == True ]] && grep -q "node agent running" "$state/logs/mlops-node.log"; then
+      return 0
+    fi
+    kill -0 -- "-$pid" 2>/dev/null || break
+    sleep 0.2
+  done
+  log "node local-node did not become Ready within 60 s; see $state/logs/mlops-node.log"
+  tail -20 "$state/logs/mlops-node.log" >&2
+  exit 1
 }
 
 # KWOK's stock lifecycle stages (node ready + lease heartbeat; pods ready, completed,
@@ -272,6 +297,9 @@ gateway_api_crds() {
   dir=$(GOTOOLCHAIN=local GOFLAGS=-mod=mod go mod download -json "sigs.k8s.io/gateway-api@v$GATEWAY_API_VERSION" \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
   kubectl --kubeconfig "$kubeconfig" apply --server-side -f "$dir/config/crd/standard/" >/dev/null
+  # Applied is not served yet: tests using HTTPRoutes start right after `up`.
+  kubectl --kubeconfig "$kubeconfig" wait --for=condition=Established --timeout=60s \
+    -f "$dir/config/crd/standard/" >/dev/null
 }
 
 down_quiet() {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks for `make test` and `make demo`: Debian packages
-# (openssl for the local PKI, prometheus for analysis) and checks the toolchains.
+# (openssl for the local PKI, prometheus for analysis, shellcheck for the scripts) and
+# checks the toolchains.
 # Everything else is built from Go modules or crates by the other scripts.
 set -euo pipefail
 missing=()
@@ -10,6 +11,8 @@ command -v prometheus >/dev/null || missing+=(prometheus)
 # promtool (CI checks the chart's alert rules with it) ships in the same package.
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v curl >/dev/null || missing+=(curl)
+# make test lints hack/ and bench/ with it.
+command -v shellcheck >/dev/null || missing+=(shellcheck)
 if ((${#missing[@]})); then
   echo "[deps] installing ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make test`: everything from a fresh machine to a verdict. Installs what is missing, builds
-# the tools (cached), checks formatting, lints and generated files, starts a local cluster
-# unless one is running, runs every test, and stops what it started.
+# the tools (cached), checks formatting, lints (Rust and shell) and generated files, starts a
+# local cluster unless one is running, runs every test (end-to-end ones included), and stops
+# what it started.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -20,6 +21,8 @@ cargo build --workspace --locked
 step "format and lint"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# -x -P SCRIPTDIR: follow `source` of hack/versions.env, relative to each script.
+shellcheck -x -P SCRIPTDIR hack/*.sh bench/*.sh .ci/run
 step "generated files"
 hack/verify-generated.sh
 
@@ -34,6 +37,11 @@ fi
 hack/cluster.sh up
 export KUBECONFIG=$root/.dev/kubeconfig
 
+# End-to-end tests are #[ignore]d so that a plain `cargo test` never counts them as passed
+# without a cluster; here the cluster runs, so they run too. The benchmarks (bench_*) are
+# bench/'s. --no-fail-fast: one failing test binary must not hide the others' results;
+# cargo still exits non-zero when any failed.
 step "tests"
-cargo test --workspace --locked -- --test-threads "${TEST_THREADS:-4}"
+cargo test --workspace --locked --no-fail-fast -- --include-ignored --skip bench_ \
+  --test-threads "${TEST_THREADS:-4}"
 step "done"

@@ -3,13 +3,16 @@
 
 use std::time::{Duration, Instant};
 
+use kube::Api;
+use mlops_operator::api::{ModelVersion, conditions as cond};
 use testkit::{Operator, TestEnv, install_crds};
 
 const OPERATOR: &str = env!("CARGO_BIN_EXE_mlops-operator");
 
 #[tokio::test]
+#[ignore = "end-to-end: needs the local cluster (make cluster-up); make test runs it"]
 async fn one_leader_at_a_time_and_a_standby_takes_over() {
-    let Some(env) = TestEnv::start("leader").await else { return };
+    let env = TestEnv::start("leader").await;
     install_crds();
     let mut a = Operator::start(OPERATOR, &env.namespace, &[]);
     let b = Operator::start(OPERATOR, &env.namespace, &[]);
@@ -34,13 +37,21 @@ async fn one_leader_at_a_time_and_a_standby_takes_over() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(seen_leader, "no replica became leader\nA:\n{}\nB:\n{}", a.log_tail(20), b.log_tail(20));
-    let (mut first, second) = if leader(&a) { (a, b) } else { (b, a) };
+    // Which one leads (asked until one answers so: a metrics read can fail under load).
+    let a_leads = testkit::wait_until(Duration::from_secs(20), "one replica to report leading", || async {
+        match (leader(&a), leader(&b)) {
+            (true, false) => Some(true),
+            (false, true) => Some(false),
+            _ => None,
+        }
+    })
+    .await;
+    let (mut first, second) = if a_leads { (a, b) } else { (b, a) };
 
     // Work arrives: the leader reconciles it, the standby does not touch it.
-    let out = env.kubectl(
-        &["apply", "-f", concat!(env!("CARGO_MANIFEST_DIR"), "/examples/modelversion-minimal.yaml")],
-        None,
-    );
+    let version = r#"{"apiVersion": "mlops.dev/v1alpha1", "kind": "ModelVersion", "metadata": {"name": "iris-imported"},
+        "spec": {"model": "iris", "artifact": {"uri": "s3://models/iris/imported/model.json"}}}"#;
+    let out = env.kubectl(&["apply", "-f", "-"], Some(version));
     assert!(out.status.success(), "{}", testkit::output_text(&out));
     let start = Instant::now();
     while reconciles(&first) == 0.0 {
@@ -51,7 +62,12 @@ async fn one_leader_at_a_time_and_a_standby_takes_over() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The leader has done the work (the version is validated) and is idle: the standby,
+    // had it run its controllers, would have seen the same changes by now.
+    let mvs: Api<ModelVersion> = env.api();
+    let name = "iris-imported";
+    testkit::wait_condition(&mvs, name, cond::VALIDATED, "True", Duration::from_secs(30)).await;
+    first.wait_idle("modelversion", Duration::from_secs(1), Duration::from_secs(30)).await;
     assert_eq!(reconciles(&second), 0.0, "the standby reconciled:\n{}", second.log_tail(20));
 
     // The leader stops (SIGTERM releases the Lease); the standby takes over quickly.
