@@ -260,6 +260,12 @@ impl Failure {
         let (reason, stalled) = match status {
             Some(s) if s.code == 409 => return None,
             Some(s) if s.code == 422 || s.code == 400 => (REASON_CHILD_REJECTED, true),
+            // A server-side apply whose object cannot be converted to its typed form (a
+            // quantity such as `cpu: half`) is answered 500, though it is the object that
+            // is wrong and retrying cannot help.
+            Some(s) if s.code == 500 && s.message.contains("failed to convert new object") => {
+                (REASON_CHILD_REJECTED, true)
+            }
             Some(s) if s.code == 403 => (REASON_FORBIDDEN, true),
             _ => (REASON_RECONCILE_FAILED, false),
         };
@@ -305,6 +311,15 @@ mod tests {
         assert_eq!(f.reason, REASON_CHILD_REJECTED);
         assert!(f.stalled);
         assert_eq!(f.message, "apply Service iris-stable: metadata.name: Invalid value");
+    }
+
+    #[test]
+    fn an_object_the_api_server_cannot_convert_is_rejected_not_retried() {
+        let why = "failed to convert new object (ns/iris-r1; apps/v1, Kind=Deployment) to smd typed: \
+                   .spec.template.spec.containers[name=\"server\"].resources.requests.cpu: quantities must match";
+        let err = Error::child("apply", "Deployment", "iris-r1", api_error(500, why));
+        let f = Failure::of(&err).unwrap();
+        assert_eq!((f.reason, f.stalled), (REASON_CHILD_REJECTED, true));
     }
 
     #[test]

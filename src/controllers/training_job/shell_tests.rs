@@ -150,11 +150,12 @@ async fn first_pass_applies_the_job_and_service_then_writes_the_status() {
         vec![
             format!("GET {TJ}"),
             format!("GET {JOBS}"),
+            // The applier observes the children (metadata) before applying and pruning.
+            format!("GET {JOBS}"),
+            format!("GET {SERVICES}"),
             format!("PATCH {SERVICES}/iris-r1"),
             format!("PATCH {JOBS}/iris-r1"),
             format!("PATCH {TJ_STATUS}"),
-            format!("GET {JOBS}"),
-            format!("GET {SERVICES}"),
             format!("POST {EVENTS}"),
         ]
     );
@@ -198,6 +199,8 @@ async fn a_refused_job_is_a_condition_and_a_warning_event_and_the_error_is_retur
         vec![
             format!("GET {TJ}"),
             format!("GET {JOBS}"),
+            format!("GET {JOBS}"),
+            format!("GET {SERVICES}"),
             format!("PATCH {JOBS}/iris-r1"),
             // report_failure: the status as it is, the failure's conditions, one Event.
             format!("GET {TJ}"),
@@ -255,10 +258,10 @@ async fn a_refused_model_version_fails_its_run_once_and_is_not_retried() {
             format!("GET {JOBS}"),
             format!("GET {PODS}"),
             format!("GET {VERSIONS}/iris-r1"),
-            format!("POST {VERSIONS}"),
-            format!("PATCH {TJ_STATUS}"),
             format!("GET {JOBS}"),
             format!("GET {SERVICES}"),
+            format!("POST {VERSIONS}"),
+            format!("PATCH {TJ_STATUS}"),
             format!("POST {EVENTS}"),
         ]
     );
