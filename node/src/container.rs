@@ -4,10 +4,9 @@
 
 use std::{
     collections::{BTreeMap, HashSet},
-    io::{Read, Seek, SeekFrom},
     path::{Path, PathBuf},
     sync::Arc,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use k8s_openapi::api::core::v1::{
@@ -26,11 +25,9 @@ use crate::{
     status::{State, Terminated},
 };
 
-/// Kubernetes caps termination messages at 4 KiB; log fallback takes at most 80 lines / 2 KiB.
-const MAX_MESSAGE: usize = 4096;
-const DEFAULT_MESSAGE_PATH: &str = "/dev/termination-log";
-const FALLBACK_LINES: usize = 80;
-const FALLBACK_BYTES: usize = 2048;
+mod termination_message;
+
+use termination_message::{custom_message_path, modified, termination_message};
 
 pub(crate) enum Outcome {
     /// Ran to an end the restart policy accepts, with this exit code.
@@ -512,82 +509,6 @@ fn process_env(
     env
 }
 
-/// The termination message: the file's first 4 KiB, or with `FallbackToLogsOnError` and
-/// a failed exit and an empty file, the tail of this run's log.
-fn termination_message(
-    c: &Container,
-    msg_path: &Path,
-    log_path: &Path,
-    log_offset: u64,
-    exit_code: i32,
-    custom_before: Option<SystemTime>,
-) -> Option<String> {
-    let msg = read_message(msg_path);
-    if !msg.is_empty() {
-        return Some(msg);
-    }
-    // A custom terminationMessagePath is a host path here: use it when this run wrote it
-    // (it changed since the container started).
-    if let Some(custom) = custom_message_path(c)
-        && let Some(t) = modified(custom)
-        && custom_before != Some(t)
-    {
-        let msg = read_message(custom);
-        if !msg.is_empty() {
-            return Some(msg);
-        }
-    }
-    if exit_code != 0 && c.termination_message_policy.as_deref() == Some("FallbackToLogsOnError") {
-        return log_tail(log_path, log_offset).filter(|s| !s.is_empty());
-    }
-    None
-}
-
-/// The container's own `terminationMessagePath`, when it is not the default.
-fn custom_message_path(c: &Container) -> Option<&Path> {
-    c.termination_message_path
-        .as_deref()
-        .filter(|p| *p != DEFAULT_MESSAGE_PATH && Path::new(p).is_absolute())
-        .map(Path::new)
-}
-
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
-}
-
-/// The first 4 KiB of a message file (empty when there is none).
-fn read_message(path: &Path) -> String {
-    let mut buf = Vec::new();
-    if let Ok(f) = std::fs::File::open(path) {
-        let _ = f.take(MAX_MESSAGE as u64).read_to_end(&mut buf);
-    }
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
-fn log_tail(path: &Path, from: u64) -> Option<String> {
-    let mut f = std::fs::File::open(path).ok()?;
-    let len = f.metadata().ok()?.len();
-    let start = from.max(len.saturating_sub(64 * 1024));
-    f.seek(SeekFrom::Start(start)).ok()?;
-    let mut buf = Vec::new();
-    f.read_to_end(&mut buf).ok()?;
-    Some(tail_text(&String::from_utf8_lossy(&buf)))
-}
-
-/// The last 80 lines, at most the last 2 KiB of them.
-pub fn tail_text(text: &str) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    let tail = lines[lines.len().saturating_sub(FALLBACK_LINES)..].join("\n");
-    if tail.len() <= FALLBACK_BYTES {
-        return tail;
-    }
-    let mut cut = tail.len() - FALLBACK_BYTES;
-    while !tail.is_char_boundary(cut) {
-        cut += 1;
-    }
-    tail[cut..].to_owned()
-}
-
 /// Startup, then readiness and liveness, each on its own schedule.
 async fn run_probes(c: Container, target: probe::Target, tx: mpsc::Sender<ProbeEvent>) {
     if let Some(p) = &c.startup_probe {
@@ -657,90 +578,4 @@ async fn run_probes(c: Container, target: probe::Target, tx: mpsc::Sender<ProbeE
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn log_tail_keeps_last_lines_within_limits() {
-        let text: String = (0..200).map(|i| format!("line {i}\n")).collect();
-        let t = tail_text(&text);
-        assert!(t.starts_with("line 120"));
-        assert!(t.ends_with("line 199"));
-        let long = "x".repeat(5000);
-        assert_eq!(tail_text(&long).len(), 2048);
-    }
-
-    #[test]
-    fn termination_message_file_then_log_fallback() {
-        let dir = std::env::temp_dir().join(format!("mlops-node-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let msg = dir.join("msg");
-        let log = dir.join("log");
-        std::fs::write(&log, "old run\nboom: bad data\n").unwrap();
-        let mut c: Container = serde_json::from_value(serde_json::json!({"name": "c"})).unwrap();
-        std::fs::write(&msg, "").unwrap();
-        assert_eq!(termination_message(&c, &msg, &log, 8, 1, None), None);
-        c.termination_message_policy = Some("FallbackToLogsOnError".into());
-        assert_eq!(termination_message(&c, &msg, &log, 8, 1, None).as_deref(), Some("boom: bad data"));
-        assert_eq!(termination_message(&c, &msg, &log, 8, 0, None), None);
-        std::fs::write(&msg, "x".repeat(5000)).unwrap();
-        assert_eq!(termination_message(&c, &msg, &log, 0, 0, None).unwrap().len(), 4096);
-        // A custom path is read when this run wrote it, never a stale one.
-        std::fs::write(&msg, "").unwrap();
-        let custom = dir.join("custom-log");
-        std::fs::write(&custom, "custom says hi").unwrap();
-        c.termination_message_path = Some(custom.display().to_string());
-        assert_eq!(termination_message(&c, &msg, &log, 0, 0, None).as_deref(), Some("custom says hi"));
-        let unchanged = modified(&custom);
-        assert_eq!(termination_message(&c, &msg, &log, 0, 0, unchanged), None);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn working_dir_is_created_or_the_container_fails() {
-        let dir = std::env::temp_dir().join(format!("mlops-node-cwd-{}", std::process::id()));
-        let pod_dir = dir.join("pod");
-        std::fs::create_dir_all(&pod_dir).unwrap();
-        let with = |w: Option<String>| -> Container {
-            serde_json::from_value(serde_json::json!({"name": "c", "workingDir": w})).unwrap()
-        };
-        assert_eq!(working_dir(&with(None), &pod_dir).ok(), Some(pod_dir.clone()));
-        assert_eq!(working_dir(&with(Some("rel/sub".into())), &pod_dir).ok(), Some(pod_dir.join("rel/sub")));
-        let absolute = dir.join("abs/work");
-        assert_eq!(
-            working_dir(&with(Some(absolute.display().to_string())), &pod_dir).ok(),
-            Some(absolute.clone())
-        );
-        assert!(absolute.is_dir());
-        // A folder that cannot be made (here: below a file) keeps the container waiting.
-        std::fs::write(dir.join("file"), "").unwrap();
-        let Err(w) = working_dir(&with(Some(dir.join("file/sub").display().to_string())), &pod_dir) else {
-            panic!("a working directory below a file was accepted");
-        };
-        assert_eq!(w.reason, "CreateContainerError");
-        assert!(w.message.contains("file/sub"), "{}", w.message);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn processes_and_probes_get_the_agent_variables() {
-        let container =
-            vec![("HOSTNAME".to_owned(), "mine".to_owned()), ("MLOPS_POD_DIR".to_owned(), "x".to_owned())];
-        let env = process_env(
-            "127.1.0.3",
-            "pod",
-            container,
-            [
-                ("MLOPS_TERMINATION_MESSAGE_PATH", Path::new("/p/c.termination-log")),
-                ("MLOPS_POD_DIR", Path::new("/p")),
-                (MARKER_VAR, Path::new("/state")),
-            ],
-        );
-        let get = |k: &str| env.iter().filter(|(n, _)| n == k).map(|(_, v)| v.as_str()).collect::<Vec<_>>();
-        assert_eq!(get("POD_IP"), ["127.1.0.3"]);
-        assert_eq!(get("HOSTNAME"), ["mine"]);
-        assert_eq!(get("MLOPS_POD_DIR"), ["/p"]);
-        assert_eq!(get("MLOPS_TERMINATION_MESSAGE_PATH"), ["/p/c.termination-log"]);
-        assert_eq!(get(MARKER_VAR), ["/state"]);
-    }
-}
+mod tests;
