@@ -27,7 +27,7 @@ export PATH="$HOME/.cache/mlops-operator/bin:$PATH"
 export BENCH_RUNS=${BENCH_RUNS:-10} BENCH_INTERVAL_SECONDS=${BENCH_INTERVAL_SECONDS:-2}
 # The servers the local node runs are target/debug/mlops-runtime: build it as make test does.
 cargo build --workspace --locked
-cargo test --test inference -- --ignored --exact bench_rollback --nocapture
+cargo test --test inference_bench -- --ignored --exact bench_rollback --nocapture
 # The same scenario against Argo Rollouts, in the same run (BENCH_SKIP_ARGO=1 to skip).
 if [[ ${BENCH_SKIP_ARGO:-0} != 1 ]]; then
   bench/argo-rollback.sh
