@@ -16,7 +16,7 @@
 #   BENCH_RUNS=20 BENCH_INTERVAL_SECONDS=1 bench/rollback.sh
 #   BENCH_QUERY=rate bench/rollback.sh   # rate() over 5 s instead of the since-start ratio
 #
-# The scenario lives in tests/inference.rs (bench_rollback, ignored in normal test runs) so
+# The scenario lives in tests/inference_bench.rs (bench_rollback, ignored in normal test runs) so
 # it shares the end-to-end harness: own namespace, own operator, real servers.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)

@@ -32,7 +32,7 @@ pub const MAX_METRICS: usize = 64;
 /// Longest storage URI (`artifact.uri`, the dataset's URI).
 pub const MAX_URI_LEN: usize = 2048;
 /// Longest digest field (`sha256:` and 64 hex digits is 71).
-pub const MAX_DIGEST_LEN: usize = 71;
+pub const MAX_DIGEST_LEN: usize = "sha256:".len() + 64;
 /// Longest `artifact.format`.
 pub const MAX_FORMAT_LEN: usize = 63;
 /// Most data-validation checks reported.

@@ -19,23 +19,18 @@ pub use gate::{Gate, GateBaseline, GateOp};
 pub use lineage::{DatasetLineage, Lineage, RowCounts, ValidationReport};
 pub use status::{FailedIn, GateResult, GateVerdict, ModelVersionStatus};
 
+// The bounds a trainer's result is held to are the contract's: the schema of the fields a
+// result is copied into is generated from the same constants, so the two cannot drift.
+// (Storage URIs of every kind share `MAX_URI_LEN`; `MAX_DIGEST_LEN` is `sha256:` and 64 hex
+// digits, as `DIGEST_RULE` requires.)
+pub use contract::result::{
+    MAX_CHECK_NAME_LEN, MAX_DIGEST_LEN, MAX_FORMAT_LEN, MAX_METRICS, MAX_URI_LEN, MAX_VALIDATION_CHECKS,
+};
+
 /// Most gates a version (or a TrainingJob's `modelVersion` template) may carry.
 pub const MAX_GATES: usize = 32;
-/// Most metrics a version may record.
-pub const MAX_METRICS: usize = 64;
 /// Most entries kept in `status.failedIn`.
 pub const MAX_FAILED_IN: usize = 16;
-/// Longest storage URI (a TrainingJob's dataset and output, `artifact.uri`,
-/// `lineage.dataset.uri`), in characters.
-pub const MAX_URI_LEN: usize = 2048;
-/// Longest digest field: `sha256:` and 64 hex digits (see `DIGEST_RULE`), in characters.
-pub const MAX_DIGEST_LEN: usize = "sha256:".len() + 64;
-/// Longest `artifact.format`, in characters.
-pub const MAX_FORMAT_LEN: usize = 63;
-/// Most entries of `lineage.dataset.validationReport`.
-pub const MAX_VALIDATION_CHECKS: usize = 8;
-/// Longest check name of a validation report entry, in characters.
-pub const MAX_CHECK_NAME_LEN: usize = 63;
 /// Longest model name (`spec.model` of every kind): a DNS label, so it fits a label value.
 pub const MAX_MODEL_NAME_LEN: usize = 63;
 /// Most hyper-parameters of a TrainingJob, and so of a produced version's lineage.
