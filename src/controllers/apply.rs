@@ -93,10 +93,22 @@ impl Applier {
         Api::namespaced_with(self.client.clone(), &self.namespace, resource)
     }
 
-    /// Lists (metadata only) the owner's children of `kinds`, once per pass: [`Applier::apply`]
-    /// skips what is already as desired and [`Applier::prune`] deletes from this list.
+    /// Records the owner's children of kind `K` that the pass already read in full (with
+    /// this applier's selector), so [`Applier::observe`] does not list that kind again.
+    pub fn observed<'a, K>(&self, children: impl IntoIterator<Item = &'a K>)
+    where
+        K: Resource<DynamicType = ()> + 'a,
+    {
+        let metas = children.into_iter().map(|c| c.meta().clone()).collect();
+        self.observed.lock().expect("observed lock").insert(K::kind(&()).into_owned(), Some(metas));
+    }
+
+    /// Lists (metadata only) the owner's children of `kinds` not yet observed, once per
+    /// pass: [`Applier::apply`] skips what is already as desired and [`Applier::prune`]
+    /// deletes from this list.
     pub async fn observe(&self, kinds: &[ApiResource]) -> Result<()> {
-        for resource in kinds {
+        let known: BTreeSet<String> = self.observed.lock().expect("observed lock").keys().cloned().collect();
+        for resource in kinds.iter().filter(|r| !known.contains(&r.kind)) {
             let listed =
                 match self.api(resource).list_metadata(&ListParams::default().labels(&self.selector)).await {
                     Ok(list) => Some(list.items.into_iter().map(|o| o.metadata).collect()),
@@ -150,11 +162,7 @@ impl Applier {
         kinds: &[ApiResource],
         keep: &BTreeSet<(String, String)>,
     ) -> Result<Vec<(String, String)>> {
-        let missing: Vec<ApiResource> = {
-            let observed = self.observed.lock().expect("observed lock");
-            kinds.iter().filter(|r| !observed.contains_key(&r.kind)).cloned().collect()
-        };
-        self.observe(&missing).await?;
+        self.observe(kinds).await?;
         let mut pruned = Vec::new();
         for resource in kinds {
             let listed = self.observed.lock().expect("observed lock").get(&resource.kind).cloned().flatten();

@@ -123,6 +123,7 @@ async fn reconcile_at(isvc: &InferenceService, ctx: &Context, now: &Time) -> Res
     // and what is no longer desired is deleted. Without the Gateway API's CRDs there are no
     // HTTPRoutes: observe treats the kind as empty.
     let kinds: Vec<_> = child_kinds().into_iter().chain([desired::http_route_resource()]).collect();
+    applier.observed(&inputs.deployments);
     applier.observe(&kinds).await?;
     applier.apply_all(&outcome.children).await?;
     applier.prune(&kinds, &apply::keys(&outcome.children)).await?;

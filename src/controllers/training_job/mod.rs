@@ -111,6 +111,8 @@ async fn reconcile_pass(tj: &TrainingJob, ctx: &Context, now: Timestamp) -> Resu
     let selector = format!("{}={}", api::LABEL_TRAINING_JOB, tj.name_any());
     let applier = Applier::new(ctx.client.clone(), &ns, tj.uid().as_deref().unwrap_or_default(), &selector);
     let kinds = [ApiResource::erase::<Job>(&()), ApiResource::erase::<Service>(&())];
+    // The Jobs were read in full with the same selector: only Services are listed.
+    applier.observed(inputs.jobs.values().chain(&inputs.checks));
     applier.observe(&kinds).await?;
     applier.apply_all(&outcome.children).await?;
     if let Some(run) = &outcome.started {

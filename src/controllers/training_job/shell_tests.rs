@@ -150,8 +150,7 @@ async fn first_pass_applies_the_job_and_service_then_writes_the_status() {
         vec![
             format!("GET {TJ}"),
             format!("GET {JOBS}"),
-            // The applier observes the children (metadata) before applying and pruning.
-            format!("GET {JOBS}"),
+            // The applier lists the Services (the Jobs were read in full) before applying.
             format!("GET {SERVICES}"),
             format!("PATCH {SERVICES}/iris-r1"),
             format!("PATCH {JOBS}/iris-r1"),
@@ -179,7 +178,7 @@ async fn steady_state_writes_nothing() {
     reconcile(Arc::new(tj), context(client)).await.unwrap();
     assert_eq!(
         mock_api::lines(&log),
-        vec![format!("GET {TJ}"), format!("GET {JOBS}"), format!("GET {JOBS}"), format!("GET {SERVICES}")]
+        vec![format!("GET {TJ}"), format!("GET {JOBS}"), format!("GET {SERVICES}")]
     );
     assert!(mock_api::writes(&log).is_empty());
 }
@@ -198,7 +197,6 @@ async fn a_refused_job_is_a_condition_and_a_warning_event_and_the_error_is_retur
         mock_api::lines(&log),
         vec![
             format!("GET {TJ}"),
-            format!("GET {JOBS}"),
             format!("GET {JOBS}"),
             format!("GET {SERVICES}"),
             format!("PATCH {JOBS}/iris-r1"),
@@ -258,7 +256,6 @@ async fn a_refused_model_version_fails_its_run_once_and_is_not_retried() {
             format!("GET {JOBS}"),
             format!("GET {PODS}"),
             format!("GET {VERSIONS}/iris-r1"),
-            format!("GET {JOBS}"),
             format!("GET {SERVICES}"),
             format!("POST {VERSIONS}"),
             format!("PATCH {TJ_STATUS}"),
