@@ -142,6 +142,17 @@ impl Context {
         }
     }
 
+    /// The end of every reconcile: a success resets the object's backoff; a failure is
+    /// made visible on the object ([`Context::report_failure`]) and returned for the
+    /// backoff ([`Context::error_action`]).
+    pub async fn reported<K: Reported>(&self, obj: &K, result: Result<Action>) -> Result<Action> {
+        match &result {
+            Ok(_) => self.reset_failures(obj),
+            Err(err) => self.report_failure(obj, err).await,
+        }
+        result
+    }
+
     /// Publishes an Event about `obj`. Events are best effort: a failure is logged, never
     /// fails the reconcile. Each call uses a fresh recorder: kube's recorder folds events
     /// with the same reason into one series for minutes and keeps the first note, so a
@@ -284,7 +295,10 @@ where
         "status": status,
     });
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    api.patch_status(&obj.name_any(), &params, &Patch::Apply(&patch)).await?;
+    let name = obj.name_any();
+    api.patch_status(&name, &params, &Patch::Apply(&patch))
+        .await
+        .map_err(|e| Error::child("write the status of", &K::kind(&()), &name, e))?;
     Ok(())
 }
 

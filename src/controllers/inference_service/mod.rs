@@ -91,13 +91,7 @@ fn child_kinds() -> [ApiResource; 3] {
 async fn reconcile(isvc: Arc<InferenceService>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile_started(CONTROLLER);
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    match reconcile_at(&isvc, &ctx, &now).await {
-        Err(err) => {
-            ctx.report_failure(isvc.as_ref(), &err).await;
-            Err(err)
-        }
-        ok => ok,
-    }
+    ctx.reported(isvc.as_ref(), reconcile_at(&isvc, &ctx, &now).await).await
 }
 
 /// One pass at `now`: read, plan, apply and prune, open readiness gates, write status.
@@ -132,10 +126,7 @@ async fn reconcile_at(isvc: &InferenceService, ctx: &Context, now: &Time) -> Res
 
     if isvc.status.as_ref() != Some(&outcome.status) {
         let api = Api::<InferenceService>::namespaced(ctx.client.clone(), &ns);
-        apply_status(&api, isvc, &outcome.status).await.map_err(|e| match e {
-            Error::Kube(e) => Error::child("write status of", "InferenceService", &name, e),
-            other => other,
-        })?;
+        apply_status(&api, isvc, &outcome.status).await?;
     }
     for note in outcome.notes {
         let type_ = if note.warning { EventType::Warning } else { EventType::Normal };
@@ -144,7 +135,6 @@ async fn reconcile_at(isvc: &InferenceService, ctx: &Context, now: &Time) -> Res
     for d in &outcome.delivered {
         ctx.metrics.delivered(&ns, &name, d);
     }
-    ctx.reset_failures(isvc);
     // A canary held at its readiness gate is looked at again when it may open.
     let requeue = gate_recheck.map_or(outcome.requeue, |r| outcome.requeue.min(r));
     Ok(Action::requeue(requeue))

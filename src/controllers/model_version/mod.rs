@@ -63,16 +63,7 @@ fn referenced_versions(isvc: InferenceService) -> Vec<ObjectRef<ModelVersion>> {
 #[instrument(skip_all, fields(modelversion = %mv.name_any(), namespace = mv.namespace().unwrap_or_default()))]
 async fn reconcile(mv: Arc<ModelVersion>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile_started(CONTROLLER);
-    match pass(&mv, &ctx).await {
-        Ok(action) => {
-            ctx.reset_failures(mv.as_ref());
-            Ok(action)
-        }
-        Err(err) => {
-            ctx.report_failure(mv.as_ref(), &err).await;
-            Err(err)
-        }
-    }
+    ctx.reported(mv.as_ref(), pass(&mv, &ctx).await).await
 }
 
 async fn pass(mv: &ModelVersion, ctx: &Context) -> Result<Action> {
@@ -130,10 +121,7 @@ async fn apply(
             .map_err(|e| Error::child("add the finalizer to", KIND, &name, e))?;
     }
     if let Some(status) = &outcome.status {
-        apply_status(versions, mv, status).await.map_err(|e| match e {
-            Error::Kube(e) => Error::child("write the status of", KIND, &name, e),
-            other => other,
-        })?;
+        apply_status(versions, mv, status).await?;
     }
     for ev in outcome.events {
         ctx.event(mv, ev.type_, ev.reason, ev.action, ev.note).await;

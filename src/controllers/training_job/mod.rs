@@ -79,13 +79,9 @@ async fn forget_deleted(ctx: &Context) {
 #[instrument(skip_all, fields(trainingjob = %tj.name_any(), namespace = tj.namespace().unwrap_or_default()))]
 async fn reconcile(tj: Arc<TrainingJob>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile_started(CONTROLLER);
-    let result = reconcile_pass(&tj, &ctx, Timestamp::now()).await;
     // Every failed pass is visible on the object (a condition and a Warning Event), not
     // only in the operator's log.
-    if let Err(err) = &result {
-        ctx.report_failure(tj.as_ref(), err).await;
-    }
-    result
+    ctx.reported(tj.as_ref(), reconcile_pass(&tj, &ctx, Timestamp::now()).await).await
 }
 
 /// One pass: fetch the inputs, plan, apply the outcome.
@@ -151,7 +147,6 @@ async fn reconcile_pass(tj: &TrainingJob, ctx: &Context, now: Timestamp) -> Resu
         ctx.event(&tj, type_, ev.reason, "Reconcile", ev.note).await;
     }
     record_metrics(ctx, &tj, &ns, &outcome);
-    ctx.reset_failures(&tj);
     Ok(Action::requeue(outcome.requeue))
 }
 
