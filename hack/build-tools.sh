@@ -31,9 +31,9 @@ has() {
 build_kubernetes() {
   local v=$KUBERNETES_VERSION
   if has kube-apiserver "v$v" && has kube-controller-manager "v$v" && has kube-scheduler "v$v" \
-    && has kubectl "v$v" "version --client"; then
+    && has kubelet "v$v" && has kube-proxy "v$v" && has kubectl "v$v" "version --client"; then
     log "kubernetes v$v cached"; return; fi
-  log "building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl v$v (cold: ~20 min on 2 cores)"
+  log "building kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl v$v (cold: ~20 min on 2 cores)"
   local w=$CACHE/work/kubernetes-$v
   rm -rf "$w"; mkdir -p "$w"; cd "$w"
   go mod init mlops.dev/kcp-build >/dev/null 2>&1
@@ -47,7 +47,7 @@ build_kubernetes() {
   for m in $staging; do go mod edit "-replace=$m=$m@v0.${v#1.}"; done
   go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@v$v" \
     "k8s.io/kubernetes/cmd/kube-controller-manager@v$v" "k8s.io/kubernetes/cmd/kube-scheduler@v$v" \
-    "k8s.io/kubernetes/cmd/kubectl@v$v"
+    "k8s.io/kubernetes/cmd/kubelet@v$v" "k8s.io/kubernetes/cmd/kube-proxy@v$v" "k8s.io/kubernetes/cmd/kubectl@v$v"
   local minor=${v#1.}; minor=${minor%%.*}
   local ldf="-s -w"
   for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
@@ -56,7 +56,7 @@ build_kubernetes() {
   done
   go build -trimpath -ldflags "$ldf" -o "$BIN/" k8s.io/kubernetes/cmd/kube-apiserver \
     k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler \
-    k8s.io/kubernetes/cmd/kubectl
+    k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy k8s.io/kubernetes/cmd/kubectl
 }
 
 build_etcd() {
@@ -82,6 +82,8 @@ build_kubernetes
 build_etcd
 go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION" "-X sigs.k8s.io/kwok/pkg/consts.Version=v$KWOK_VERSION" --version
 go_install kwokctl sigs.k8s.io/kwok/cmd/kwokctl "$KWOK_VERSION" "-X sigs.k8s.io/kwok/pkg/consts.Version=v$KWOK_VERSION" --version
+# Cluster DNS for the real node (runs on the host, answers only for the cluster's zone).
+go_install coredns github.com/coredns/coredns "$COREDNS_VERSION" "-X github.com/coredns/coredns/coremain.GitCommit=v$COREDNS_VERSION" -version
 go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" "-X helm.sh/helm/v3/internal/version.version=v$HELM_VERSION" version
 # A real S3 server (Versity S3 Gateway, POSIX backend) for the s3:// end-to-end tests.
 go_install versitygw github.com/versity/versitygw/cmd/versitygw "$VERSITYGW_VERSION" "-X main.Version=v$VERSITYGW_VERSION"
