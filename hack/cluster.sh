@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # The local cluster: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and a KWOK
-# node controller as host processes on 127.0.0.1, built by hack/build-tools.sh.
+# node controller as host processes, built by hack/build-tools.sh, and one real node
+# (hack/node.sh: containerd, kubelet, kube-proxy, CoreDNS) that runs the pods.
 #
 #   hack/cluster.sh up       start (no-op when one is already running); waits until usable
 #   hack/cluster.sh down     stop every process it started and remove its data
 #   hack/cluster.sh status   exit 0 when a cluster started here answers /readyz
-#   hack/cluster.sh node-up  (re)start only the local node agent and Prometheus (part of up)
+#   hack/cluster.sh node-up  (re)start only the node and Prometheus (part of up)
 #
 # State lives in .dev/ at the repository root: .dev/kubeconfig (for kubectl and tests),
-# .dev/cluster/ (pids, ports, logs, PKI). Etcd data goes to a temporary folder.
+# .dev/cluster/ (pids, ports, logs, PKI), .dev/containerd/ (images, kept across restarts).
+# Etcd data goes to a temporary folder. The API server listens on the node address
+# 10.244.0.1, which exists only on this machine's bridge (hack/node.sh).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 dev=$root/.dev
@@ -16,6 +19,7 @@ state=$dev/cluster
 kubeconfig=$dev/kubeconfig
 BIN=$("$root/hack/build-tools.sh" --print)
 export PATH=$BIN:$PATH
+NODE_IP=10.244.0.1
 
 log() { printf '[cluster] %s\n' "$*" >&2; }
 
@@ -73,7 +77,7 @@ pki() {
       -days 3650 -extfile "$ext" -out "$p/$1.crt" 2>/dev/null
   }
   leaf apiserver "/CN=kube-apiserver" \
-    "IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.0.0.1"
+    "IP:127.0.0.1,IP:$NODE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.0.0.1"
   leaf admin "/O=system:masters/CN=admin"
   # Service-account tokens are signed with their own RSA key.
   openssl genrsa -out "$p/sa.key" 2048 2>/dev/null
@@ -88,7 +92,7 @@ kind: Config
 clusters:
 - name: mlops-local
   cluster:
-    server: https://127.0.0.1:$API_PORT
+    server: https://$NODE_IP:$API_PORT
     certificate-authority-data: $(base64 -w0 "$p/ca.crt")
 users:
 - name: admin
@@ -105,9 +109,8 @@ KC
 
 up() {
   if [[ -f $state/ports ]] && readyz; then
-    # A cluster from before the node agent existed (or whose agent or Prometheus died) gets
-    # them back; hack/prometheus.sh up does nothing when Prometheus is up.
-    if ! { [[ -f $state/pids/mlops-node ]] && kill -0 "$(cat "$state/pids/mlops-node")" 2>/dev/null; }; then
+    # A node or Prometheus that died comes back; both are no-ops when running.
+    if ! { [[ -f $state/pids/kubelet ]] && kill -0 "$(cat "$state/pids/kubelet")" 2>/dev/null; }; then
       node_up
     fi
     "$root/hack/prometheus.sh" up || log "Prometheus did not start: tests that query it will fail (hack/ensure-deps.sh installs it)"
@@ -124,6 +127,8 @@ up() {
     "$ETCD_PORT" "$API_PORT" "$KCM_PORT" "$SCHED_PORT" "$KWOK_PORT" >"$state/ports"
   pki
   write_kubeconfig
+  # The bridge first: its address is the API server's.
+  "$root/hack/node.sh" network
   local p=$state/pki
 
   start etcd etcd --name local --data-dir "$data/etcd" \
@@ -131,11 +136,12 @@ up() {
     --listen-peer-urls "http://127.0.0.1:$ETCD_PEER" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER" \
     --initial-cluster "local=http://127.0.0.1:$ETCD_PEER" --unsafe-no-fsync --log-level warn
 
-  # Loopback has no default route to pick an advertise address from, and Endpoints reject
-  # loopback IPs: advertise 127.0.0.1 and switch the endpoint reconciler off.
+  # The API server listens on the node's bridge address only (never an uplink), so pods reach
+  # it through the kubernetes Service; it calls kubelets by their InternalIP, never by a name
+  # it would have to resolve.
   start kube-apiserver kube-apiserver --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
-    --bind-address 127.0.0.1 --secure-port "$API_PORT" --advertise-address 127.0.0.1 \
-    --endpoint-reconciler-type none --tls-cert-file "$p/apiserver.crt" --tls-private-key-file "$p/apiserver.key" \
+    --bind-address "$NODE_IP" --secure-port "$API_PORT" --advertise-address "$NODE_IP" \
+    --kubelet-preferred-address-types InternalIP --tls-cert-file "$p/apiserver.crt" --tls-private-key-file "$p/apiserver.key" \
     --client-ca-file "$p/ca.crt" --authorization-mode Node,RBAC --allow-privileged=true \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$p/sa.pub" --service-account-signing-key-file "$p/sa.key" \
@@ -150,14 +156,13 @@ up() {
     --service-account-private-key-file "$p/sa.key" --root-ca-file "$p/ca.crt" \
     --cluster-signing-cert-file "$p/ca.crt" --cluster-signing-key-file "$p/ca.key" \
     --leader-elect=false --bind-address 127.0.0.1 --secure-port "$KCM_PORT" \
-    --kube-api-qps 200 --kube-api-burst 400 --node-monitor-grace-period 60s \
-    --controllers '*,-endpoints-controller,-endpointslice-controller,-endpointslice-mirroring-controller'
+    --kube-api-qps 200 --kube-api-burst 400 --node-monitor-grace-period 60s
   start kube-scheduler kube-scheduler --kubeconfig "$kubeconfig" \
     --authentication-kubeconfig "$kubeconfig" --authorization-kubeconfig "$kubeconfig" \
     --leader-elect=false --bind-address 127.0.0.1 --secure-port "$SCHED_PORT" \
     --kube-api-qps 200 --kube-api-burst 400
   # KWOK plays the kubelet for nodes annotated kwok.x-k8s.io/node=fake (scale tests and
-  # the control-plane proofs); pods on the local node really run (mlops-node, see node_up).
+  # the control-plane proofs); pods on the real node (local-node) really run.
   kwok_stages >"$state/kwok.yaml"
   start kwok kwok --kubeconfig "$kubeconfig" --config "$state/kwok.yaml" --manage-all-nodes=false \
     --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
@@ -175,90 +180,11 @@ up() {
   log "ready in $((SECONDS - t0)) s — export KUBECONFIG=$kubeconfig"
 }
 
-# The local node agent (node/, `mlops-node`): registers Node local-node and runs the pods
-# bound to it as host processes, Services as proxies on 127.0.0.1 (address in the Service
-# annotation mlops.dev/local-address and in .dev/services/), and serves `kubectl logs`.
-# Then Prometheus (hack/prometheus.sh), which scrapes annotated pods. Both stop with `down`.
-#   MLOPS_NODE_LOG           the agent's log filter (default info,kube=warn; keep info or finer)
-#   MLOPS_NODE_BACKOFF_BASE  first CrashLoopBackOff delay in seconds (default 2; kubelet: 10)
-#   MLOPS_RUNTIME_BIN        the executable that plays the mlops-runtime image
-#   MLOPS_NODE_IMAGES        an image map of your own (default: .dev/node/images.yaml, generated)
-#   MLOPS_NODE_CPU, MLOPS_NODE_MEMORY  what the node advertises (default 32 and 64Gi: requests
-#                            are only bookkeeping here, so a small machine can still schedule
-#                            the parallel tests' pods; empty = the host's real capacity)
+# The real node (hack/node.sh), then Prometheus (hack/prometheus.sh), which scrapes annotated
+# pods. Both stop with `down`.
 node_up() {
-  local target=${MLOPS_NODE_TARGET_DIR:-$root/target}
-  log "building the local node agent (mlops-node) and the runtime its pods run"
-  (cd "$root" && CARGO_TARGET_DIR=$target cargo build --quiet -p mlops-node -p mlops-runtime)
-  local node_dir=$dev/node p=$state/pki
-  mkdir -p "$node_dir" "$state/pids" "$state/logs"
-  if [[ -f $state/pids/mlops-node ]]; then
-    kill -TERM -- "-$(cat "$state/pids/mlops-node")" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 -- "-$(cat "$state/pids/mlops-node")" 2>/dev/null || break; sleep 0.1; done
-    rm -f "$state/pids/mlops-node"
-  fi
-  local images=${MLOPS_NODE_IMAGES:-$node_dir/images.yaml}
-  if [[ -z ${MLOPS_NODE_IMAGES:-} ]]; then
-    local runtime_bin=${MLOPS_RUNTIME_BIN:-$root/target/debug/mlops-runtime}
-    cat >"$images" <<IMAGES
-# Image -> local executable for mlops-node (generated by hack/cluster.sh; set
-# MLOPS_NODE_IMAGES to use your own). Globs; the longest matching pattern wins.
-images:
-  "ghcr.io/mlops-dev/mlops-runtime:*": $runtime_bin
-  "*mlops-runtime*": $runtime_bin
-  "python": python3
-  "python:3*": python3
-  "busybox": sh
-  "alpine": sh
-  "debian": sh
-  "ubuntu": sh
-IMAGES
-  fi
-  # The API server calls the node's HTTPS endpoint for `kubectl logs` and checks it
-  # against the local CA.
-  if [[ ! -f $p/node.crt ]]; then
-    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-      -subj "/O=system:nodes/CN=system:node:local-node" -keyout "$p/node.key" -out "$p/node.csr" 2>/dev/null
-    printf 'basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost,DNS:local-node\n' >"$p/node.ext"
-    openssl x509 -req -in "$p/node.csr" -CA "$p/ca.crt" -CAkey "$p/ca.key" -CAcreateserial \
-      -days 3650 -extfile "$p/node.ext" -out "$p/node.crt" 2>/dev/null
-  fi
-  local capacity=() cpu=${MLOPS_NODE_CPU-32} memory=${MLOPS_NODE_MEMORY-64Gi}
-  if [[ -n $cpu ]]; then capacity+=(--cpu "$cpu"); fi
-  if [[ -n $memory ]]; then capacity+=(--memory "$memory"); fi
-  local kubelet_port; kubelet_port=$(free_port)
-  sed -i '/^KUBELET_PORT=/d' "$state/ports"; echo "KUBELET_PORT=$kubelet_port" >>"$state/ports"
-  # Info level at least: wait_node_ready reads the agent's "running" line from its log.
-  start mlops-node env RUST_LOG="${MLOPS_NODE_LOG:-info,kube=warn}" "$target/debug/mlops-node" --kubeconfig "$kubeconfig" --node-name local-node \
-    --images "$images" --state-dir "$node_dir" --services-dir "$dev/services" \
-    --backoff-base-seconds "${MLOPS_NODE_BACKOFF_BASE:-2}" \
-    "${capacity[@]}" \
-    --kubelet-port "$kubelet_port" --kubelet-cert "$p/node.crt" --kubelet-key "$p/node.key"
-  wait_node_ready
-  log "node local-node is Ready (pods run as host processes; logs in .dev/node/pods/)"
+  "$root/hack/node.sh" up
   "$root/hack/prometheus.sh" up || log "Prometheus did not start: tests that query it will fail (hack/ensure-deps.sh installs it)"
-}
-
-# Waits (bounded) until this agent runs and Node local-node exists and is Ready. The agent
-# registers the Node after it starts, so `kubectl wait node/local-node` could run before the
-# object exists ("not found") and fail at once; one poll covers both. After a restart the
-# Node is still Ready from the agent before, so the new agent's own log line is awaited too
-# (its log starts empty). Gives up early if the agent dies.
-wait_node_ready() {
-  local pid ready
-  pid=$(cat "$state/pids/mlops-node")
-  for _ in $(seq 300); do
-    ready=$(kubectl --kubeconfig "$kubeconfig" get node local-node \
-      -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null || true)
-    if [[ $ready == True ]] && grep -q "node agent running" "$state/logs/mlops-node.log"; then
-      return 0
-    fi
-    kill -0 -- "-$pid" 2>/dev/null || break
-    sleep 0.2
-  done
-  log "node local-node did not become Ready within 60 s; see $state/logs/mlops-node.log"
-  tail -20 "$state/logs/mlops-node.log" >&2
-  exit 1
 }
 
 # KWOK's stock lifecycle stages (node ready + lease heartbeat; pods ready, completed,
@@ -273,18 +199,6 @@ kwok_stages() {
   for f in node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
     pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
     echo "---"; cat "$dir/kustomize/stage/$f"
-  done
-}
-
-# Processes of the pods the node agent ran carry MLOPS_LOCAL_NODE_AGENT=<its state dir>
-# (the agent kills them when it stops; this catches any an agent that crashed left behind).
-kill_node_processes() {
-  local f pid
-  for f in /proc/[0-9]*/environ; do
-    pid=${f#/proc/}; pid=${pid%/environ}
-    if tr '\0' '\n' 2>/dev/null <"$f" | grep -qxF "MLOPS_LOCAL_NODE_AGENT=$dev/node"; then
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
   done
 }
 
@@ -303,10 +217,11 @@ gateway_api_crds() {
 }
 
 down_quiet() {
+  # The node before the control plane, so the kubelet does not restart what is being stopped.
+  "$root/hack/node.sh" down
   stop_all
-  kill_node_processes
   if [[ -f $state/data-dir ]]; then rm -rf "$(cat "$state/data-dir")"; fi
-  rm -rf "$state" "$kubeconfig" "$dev/node" "$dev/services" "$dev/prometheus-url"
+  rm -rf "$state" "$kubeconfig" "$dev/prometheus-url"
 }
 
 case ${1:-} in

@@ -35,6 +35,34 @@ if kubectl get namespace "$NS" >/dev/null 2>&1; then
   kubectl delete namespace "$NS" --wait=true --timeout=120s >/dev/null
 fi
 kubectl create namespace "$NS" >/dev/null
+# Pods of the demo pass Pod Security "restricted", enforced.
+kubectl label namespace "$NS" pod-security.kubernetes.io/enforce=restricted >/dev/null
+# The data and the models live on a volume the demo shares with its pods: a hostPath
+# PersistentVolume on the local node, pre-bound to the claim `work` (no provisioner here).
+rm -rf "$demo/work"; mkdir -p "$demo/work"; chmod 0777 "$demo/work"
+cp runtime/testdata/iris.csv "$demo/work/iris.csv"
+kubectl delete pv mlops-demo-work --ignore-not-found >/dev/null
+kubectl apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: mlops-demo-work}
+spec:
+  capacity: {storage: 1Gi}
+  accessModes: [ReadWriteMany, ReadOnlyMany]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: ""
+  hostPath: {path: $demo/work, type: Directory}
+  claimRef: {namespace: $NS, name: work}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: work, namespace: $NS}
+spec:
+  accessModes: [ReadWriteMany]
+  storageClassName: ""
+  volumeName: mlops-demo-work
+  resources: {requests: {storage: 1Gi}}
+YAML
 
 metrics_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 ./target/debug/mlops-operator run --metrics-addr "127.0.0.1:$metrics_port" --namespace "$NS" --watch-namespace "$NS" \
@@ -59,7 +87,7 @@ trap cleanup EXIT
 say "operator running (metrics on 127.0.0.1:$metrics_port, log $demo/operator.log)"
 
 fill() {
-  sed -e "s#__DATASET__#file://$root/runtime/testdata/iris.csv#" -e "s#__OUTPUT__#file://$demo/models#" \
+  sed -e "s#__DATASET__#pvc://work/iris.csv#" -e "s#__OUTPUT__#pvc://work/models#" \
     -e "s#__ARTIFACT__#${ARTIFACT:-}#" -e "s#__DIGEST__#${DIGEST:-}#" "$1"
 }
 wait_cond() { k wait --for=condition="$2" --timeout="${3:-180s}" "$1" >/dev/null; }
@@ -72,7 +100,8 @@ for g in json.loads(os.environ["MV"]).get("status", {}).get("gateResults", []):
     print(f"    {g['gate']:<26} value {show(g.get('value')):<9} bound {show(g.get('bound')):<8} {g['verdict']}{note}")
 PY
 }
-service_address() { k get svc iris -o jsonpath='{.metadata.annotations.mlops\.dev/local-address}'; }
+# The host reaches ClusterIPs through the local node's kube-proxy, as pods do.
+service_address() { k get svc iris -o jsonpath='{.spec.clusterIP}:{.spec.ports[0].port}'; }
 infer() {
   curl -s -XPOST "http://$(service_address)/v2/models/iris/infer" -H 'content-type: application/json' \
     -d '{"inputs":[{"name":"measurements","shape":[3,4],"datatype":"FP64","data":[5.1,3.5,1.4,0.2, 6.0,2.9,4.5,1.5, 6.7,3.0,5.2,2.3]}]}'
@@ -95,7 +124,7 @@ wait_settled() {
   return 1
 }
 
-bold "1. Train: a TrainingJob runs the reference trainer in a Job on the local node"
+bold "1. Train: a TrainingJob runs the reference trainer (a container image) in a Job on the local node"
 fill examples/demo/trainingjob.yaml | k apply -f - >/dev/null
 wait_cond trainingjob/iris Succeeded
 say "run iris-r1 finished; the trainer's result became ModelVersion iris-r1:"

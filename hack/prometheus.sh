@@ -3,14 +3,14 @@
 # scraping every 2 s the pods annotated prometheus.io/scrape: "true" (prometheus.io/port,
 # prometheus.io/path) at podIP:port. Series carry namespace, pod, and every pod label
 # (label names sanitised: app.kubernetes.io/name -> app_kubernetes_io_name). Debian's build
-# has no Kubernetes discovery, so targets come from the file the local node agent (mlops-node)
-# writes from its pod watch: .dev/node/prometheus-targets.json (file_sd).
+# has no Kubernetes discovery, so targets come from a file_sd file that mlops-scrape-targets
+# (testkit/src/bin) writes from a watch of the node's pods.
 #
 #   hack/prometheus.sh up      start (no-op when running); URL written to .dev/prometheus-url
 #   hack/prometheus.sh down    stop it (hack/cluster.sh down stops it too)
 #   hack/prometheus.sh url     print the URL
 #
-# Only pods with a loopback IP (those the local node runs) are scraped.
+# Only pod addresses of the local node's private range (10.244.0.0/16) are scraped.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 dev=$root/.dev
@@ -18,11 +18,17 @@ state=$dev/cluster
 dir=$state/prometheus
 url_file=$dev/prometheus-url
 kubeconfig=$dev/kubeconfig
-targets=$dev/node/prometheus-targets.json
+targets=$dir/targets.json
+node_name=local-node
 
 log() { printf '[prometheus] %s\n' "$*" >&2; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-running() { [[ -f $state/pids/prometheus ]] && kill -0 "$(cat "$state/pids/prometheus")" 2>/dev/null; }
+running() {
+  local p
+  for p in prometheus scrape-targets; do
+    [[ -f $state/pids/$p ]] && kill -0 "$(cat "$state/pids/$p")" 2>/dev/null || return 1
+  done
+}
 ready() { curl -fsS "$1/-/ready" >/dev/null 2>&1; }
 
 up() {
@@ -39,18 +45,23 @@ global:
   scrape_timeout: 1500ms
   evaluation_interval: 2s
 scrape_configs:
-  # Debian builds prometheus without Kubernetes discovery: the local node agent watches
-  # the API server and writes the annotated pods of its node to this file_sd file.
+  # Debian builds prometheus without Kubernetes discovery: mlops-scrape-targets watches the
+  # API server and writes the annotated pods of the node to this file_sd file.
   - job_name: kubernetes-pods
     file_sd_configs:
       - files: [$targets]
         refresh_interval: 2s
     relabel_configs:
-      # Only pods the local node runs (loopback IPs); never anything off this host.
+      # Only pods of the local node (its private range); never anything off this host.
       - source_labels: [__address__]
-        regex: '127\\..+'
+        regex: '10\\.244\\..+'
         action: keep
 YAML
+  (cd "$root" && cargo build --quiet --locked -p testkit --bin mlops-scrape-targets)
+  echo '[]' >"$targets"
+  setsid "${CARGO_TARGET_DIR:-$root/target}/debug/mlops-scrape-targets" "$kubeconfig" "$node_name" "$targets" \
+    >"$state/logs/scrape-targets.log" 2>&1 </dev/null &
+  echo $! >"$state/pids/scrape-targets"
   setsid prometheus --config.file "$dir/prometheus.yml" --storage.tsdb.path "$dir/data" \
     --storage.tsdb.retention.time 1d --web.listen-address "127.0.0.1:$port" \
     --web.enable-lifecycle --log.level warn >"$state/logs/prometheus.log" 2>&1 </dev/null &
@@ -63,13 +74,15 @@ YAML
 }
 
 down_quiet() {
-  if [[ -f $state/pids/prometheus ]]; then
-    local pid; pid=$(cat "$state/pids/prometheus")
+  local p pid
+  for p in scrape-targets prometheus; do
+    [[ -f $state/pids/$p ]] || continue
+    pid=$(cat "$state/pids/$p")
     kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL -- "-$pid" 2>/dev/null || true
-    rm -f "$state/pids/prometheus"
-  fi
+    rm -f "$state/pids/$p"
+  done
   rm -rf "$dir" "$url_file"
 }
 

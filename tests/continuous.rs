@@ -57,6 +57,12 @@ fn data_dir(ns: &str) -> PathBuf {
     dir
 }
 
+/// `pvc://work/<path>` of a file in the test's work folder (the claim `work`, see testkit).
+fn work_uri(ns: &str, file: &std::path::Path) -> String {
+    let rel = file.strip_prefix(data_dir(ns)).expect("a file in the work folder");
+    format!("pvc://work/{}", rel.display())
+}
+
 /// One inference of `rows` (4 features each) over a fresh connection.
 fn infer(addr: &str, rows: &[[f64; 4]]) -> Option<(u16, String)> {
     let data: Vec<String> = rows.iter().flatten().map(|v| format!("{v}")).collect();
@@ -81,10 +87,10 @@ fn training_job(
 ) -> serde_json::Value {
     json!({"apiVersion": "mlops.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "iris"},
         "spec": {"model": "iris",
-                 "dataset": {"uri": format!("file://{}", dataset.display()), "labelColumn": "species"},
+                 "dataset": {"uri": work_uri(ns, dataset), "labelColumn": "species"},
                  "hyperparameters": {"algorithm": "logistic_regression"},
                  "trainer": {"image": "ghcr.io/mlops-dev/mlops-runtime:0.1.0", "args": ["train"]},
-                 "output": {"uri": format!("file:///tmp/mlops-e2e/{ns}/models")},
+                 "output": {"uri": "pvc://work/models"},
                  "modelVersion": {"gates": gates},
                  "retrain": retrain}})
 }
@@ -481,7 +487,7 @@ async fn a_pvc_dataset_change_retrains_through_a_check_job() {
         &env,
         &data_triggered(
             json!({"uri": "pvc://datasets/iris/latest.csv", "labelColumn": "species"}),
-            json!({"uri": format!("file:///tmp/mlops-e2e/{}/models", env.namespace)}),
+            json!({"uri": "pvc://work/models"}),
         ),
     );
     first_version_and_baseline(&env, &scaled_iris(1.0)).await;

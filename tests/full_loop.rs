@@ -22,11 +22,7 @@ fn infer(addr: &str) -> Option<(u16, String)> {
 /// A manifest of `examples/demo/` with the placeholders `hack/demo.sh` fills.
 fn demo_manifest(file: &str, namespace: &str) -> String {
     let text = std::fs::read_to_string(repo_root().join("examples/demo").join(file)).expect("demo manifest");
-    text.replace(
-        "__DATASET__",
-        &format!("file://{}", repo_root().join("runtime/testdata/iris.csv").display()),
-    )
-    .replace("__OUTPUT__", &format!("file:///tmp/mlops-e2e/{namespace}/models"))
+    text.replace("__DATASET__", &testkit::work_iris(namespace)).replace("__OUTPUT__", "pvc://work/models")
 }
 
 #[tokio::test]
@@ -48,7 +44,7 @@ async fn train_validate_serve_infer_then_retrain_and_promote() {
     assert_eq!(served.status.as_ref().unwrap().stable.as_ref().unwrap().version, "iris-r1");
 
     let addr = env.service_address("iris").await;
-    // The node's proxy may take a moment to route to a pod that just became Ready.
+    // kube-proxy may take a moment to route to a pod that just became Ready.
     let (code, body) =
         testkit::wait_until(Duration::from_secs(30), "an answer through the Service", || async {
             infer(&addr).filter(|(code, _)| *code == 200)

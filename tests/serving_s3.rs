@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, ResourceExt,
     api::{ListParams, PostParams},
@@ -65,8 +65,8 @@ async fn a_private_s3_artifact_is_served_with_the_runtime_credentials_and_refuse
     let _op = Operator::start(OPERATOR, &env.namespace, &[]);
 
     // A trained artifact in a private bucket, imported as a ModelVersion pinned by digest.
-    let local = testkit::train_iris(&env.namespace);
-    let bytes = std::fs::read(local.strip_prefix("file://").unwrap()).expect("the trained artifact");
+    testkit::train_iris(&env.namespace);
+    let bytes = std::fs::read(env.work_dir().join("model.json")).expect("the trained artifact");
     s3.put("models", "iris/imported/model.json", &bytes);
     let digest = {
         use sha2::Digest;
@@ -129,12 +129,8 @@ async fn a_private_s3_artifact_is_served_with_the_runtime_credentials_and_refuse
             assert!(e.value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()).is_some(), "{}", e.name);
         }
     }
-    let addr = wait_until(SHORT, "the Service's local address", || async {
-        let svc = env.api::<Service>().get_opt("private").await.ok()??;
-        svc.annotations().get("mlops.dev/local-address").cloned()
-    })
-    .await;
-    // The node's proxy may take a moment to route to a pod that just became Ready.
+    let addr = env.service_address("private").await;
+    // kube-proxy may take a moment to route to a pod that just became Ready.
     let (code, body) = wait_until(SHORT, "an answer through the Service", || async {
         infer(&addr).filter(|(code, _)| *code == 200)
     })

@@ -16,8 +16,7 @@ use mlops_operator::api::{
 };
 use serde_json::json;
 use testkit::{
-    Operator, TestEnv, condition_status, install_crds, output_text, repo_root, wait_condition, wait_for,
-    wait_until,
+    Operator, TestEnv, condition_status, install_crds, output_text, wait_condition, wait_for, wait_until,
 };
 
 const OPERATOR: &str = env!("CARGO_BIN_EXE_mlops-operator");
@@ -27,20 +26,16 @@ const CONTROLLER: &str = "trainingjob";
 const QUIET: Duration = Duration::from_secs(3);
 const IDLE: Duration = Duration::from_secs(30);
 
-fn iris_uri() -> String {
-    format!("file://{}", repo_root().join("runtime/testdata/iris.csv").display())
-}
-
 fn training_job(name: &str, ns: &str, extra_spec: serde_json::Value) -> String {
     let mut spec = json!({
         "model": "iris",
-        "dataset": {"uri": iris_uri(), "labelColumn": "species",
+        "dataset": {"uri": testkit::work_iris(ns), "labelColumn": "species",
                     "validation": {"missing": {"action": "Drop"}, "outliers": {"action": "Keep", "method": "IQR"}},
                     "split": {"train": 0.7, "validation": 0.15, "test": 0.15, "seed": 7}},
         "hyperparameters": {"algorithm": "logistic_regression"},
         "source": {"repository": "https://example.invalid/ml/iris", "revision": "0123abc"},
         "trainer": {"image": "ghcr.io/mlops-dev/mlops-runtime:0.1.0", "args": ["train"]},
-        "output": {"uri": format!("file:///tmp/mlops-e2e/{ns}/models")},
+        "output": {"uri": "pvc://work/models"},
         "modelVersion": {"gates": [{"metric": "accuracy", "op": ">=", "value": 0.9}], "labels": {"team": "e2e"}}
     });
     if let (Some(base), Some(extra)) = (spec.as_object_mut(), extra_spec.as_object()) {
@@ -239,9 +234,7 @@ async fn bad_results_fail_the_run_with_a_reason_and_no_retry_storm() {
     let env = TestEnv::start("train-bad-result").await;
     install_crds();
     let op = Operator::start(OPERATOR, &env.namespace, &[]);
-    let write = |text: &str| {
-        format!("import os; open(os.environ['MLOPS_TERMINATION_MESSAGE_PATH'], 'w').write({text})")
-    };
+    let write = |text: &str| format!("import os; open('/dev/termination-log', 'w').write({text})");
     let cases = [
         ("malformed", write("'accuracy=0.9'"), &["ResultInvalid"][..]),
         (
@@ -307,11 +300,8 @@ async fn bad_data_fails_the_run_with_the_trainers_reason() {
     let env = TestEnv::start("train-bad-data").await;
     install_crds();
     let _op = Operator::start(OPERATOR, &env.namespace, &[]);
-    let dir = format!("/tmp/mlops-e2e/{}", env.namespace);
-    std::fs::create_dir_all(&dir).unwrap();
-    let csv = format!("{dir}/bad.csv");
-    std::fs::write(&csv, "a,b,species\n1,2,x\n3,oops,y\n5,6,x\n").unwrap();
-    let spec = json!({"dataset": {"uri": format!("file://{csv}"), "labelColumn": "species"}});
+    let csv = testkit::put_work_file(&env.namespace, "bad.csv", b"a,b,species\n1,2,x\n3,oops,y\n5,6,x\n");
+    let spec = json!({"dataset": {"uri": csv, "labelColumn": "species"}});
     apply(&env, &training_job("baddata", &env.namespace, spec));
     let tjs: Api<TrainingJob> = env.api();
     let tj = wait_condition(&tjs, "baddata", cond::FAILED, "True", TRAINING).await;
@@ -367,13 +357,13 @@ rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
 addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
 if rank == 0:
     srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind((os.environ.get("POD_IP", "127.0.0.1"), port)); srv.listen(world); srv.settimeout(60)
+    srv.bind(("0.0.0.0", port)); srv.listen(world); srv.settimeout(60)
     peers = []
     for _ in range(world - 1):
         conn, _ = srv.accept(); peers.append(conn.recv(64).decode()); conn.close()
     result = {"version": 1, "metrics": {"accuracy": 0.97, "workers": world, "peers": len(peers)},
               "artifact": {"uri": os.environ["MLOPS_OUTPUT_URI"] + "/model.json", "format": "rendezvous-test"}}
-    open(os.environ["MLOPS_TERMINATION_MESSAGE_PATH"], "w").write(json.dumps(result))
+    open(os.environ.get("MLOPS_TERMINATION_MESSAGE_PATH", "/dev/termination-log"), "w").write(json.dumps(result))
 else:
     for attempt in range(120):
         try:

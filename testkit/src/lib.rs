@@ -74,8 +74,14 @@ impl TestEnv {
             connect_config().await.unwrap_or_else(|why| panic!("{test_name}: {HOW_TO_START} ({why})"));
         let client = Client::try_from(config.clone()).expect("client from a valid config");
         let namespace = unique_name(test_name);
+        // Pod Security Admission at `restricted`, enforced: every pod the operator creates
+        // for a test must pass the policy a careful platform team sets.
         let ns: Namespace = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": namespace, "labels": {"mlops.dev/e2e": "true"}}
+            "metadata": {"name": namespace, "labels": {
+                "mlops.dev/e2e": "true",
+                "pod-security.kubernetes.io/enforce": "restricted",
+                "pod-security.kubernetes.io/enforce-version": "latest",
+            }}
         }))
         .expect("namespace object");
         Api::<Namespace>::all(client.clone())
@@ -88,7 +94,60 @@ impl TestEnv {
             sa.get_opt("default").await.ok().flatten().map(|_| ())
         })
         .await;
-        TestEnv { client, namespace, config }
+        let env = TestEnv { client, namespace, config };
+        env.create_work_claim().await;
+        env
+    }
+
+    /// The claim `work` of every test namespace: a hostPath PersistentVolume on the local
+    /// node over [`TestEnv::work_dir`], so what a pod writes at `pvc://work/<path>` the test
+    /// reads on the host, and what the test puts there a pod reads (the real node shares no
+    /// other folder with the host). Bound ahead (claimRef + volumeName): no provisioner.
+    async fn create_work_claim(&self) {
+        use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+        let dir = self.work_dir();
+        std::fs::create_dir_all(&dir).expect("the test's work folder");
+        // Pods run as non-root users of their own choosing; the folder is the test's alone.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod work folder");
+        let pv: PersistentVolume = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": self.work_volume(), "labels": {"mlops.dev/e2e": "true"}},
+            "spec": {
+                "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany", "ReadOnlyMany"],
+                "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
+                "hostPath": {"path": dir.display().to_string(), "type": "Directory"},
+                "claimRef": {"namespace": self.namespace, "name": WORK_CLAIM},
+            }
+        }))
+        .expect("PersistentVolume object");
+        Api::<PersistentVolume>::all(self.client.clone())
+            .create(&PostParams::default(), &pv)
+            .await
+            .unwrap_or_else(|e| panic!("creating PersistentVolume {}: {e}", self.work_volume()));
+        let pvc: PersistentVolumeClaim = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": WORK_CLAIM},
+            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": self.work_volume(),
+                     "resources": {"requests": {"storage": "1Gi"}}}
+        }))
+        .expect("PersistentVolumeClaim object");
+        self.api::<PersistentVolumeClaim>()
+            .create(&PostParams::default(), &pvc)
+            .await
+            .unwrap_or_else(|e| panic!("creating PersistentVolumeClaim {WORK_CLAIM}: {e}"));
+    }
+
+    fn work_volume(&self) -> String {
+        format!("mlops-e2e-{}", self.namespace)
+    }
+
+    /// The host folder behind the claim `work` (`/tmp/mlops-e2e/<namespace>`).
+    pub fn work_dir(&self) -> PathBuf {
+        PathBuf::from(format!("/tmp/mlops-e2e/{}", self.namespace))
+    }
+
+    /// `pvc://work/<path>`: `path` below [`TestEnv::work_dir`] as pods address it.
+    pub fn work_uri(&self, path: &str) -> String {
+        format!("pvc://{WORK_CLAIM}/{}", path.trim_start_matches('/'))
     }
 
     /// A namespaced API in the test's namespace.
@@ -135,19 +194,19 @@ impl TestEnv {
         }
     }
 
-    /// The address (`127.0.0.1:port`) on which the local node proxies Service `name`: the
-    /// node agent publishes it in an annotation shortly after the Service exists, so wait.
+    /// `clusterIP:port` of Service `name`'s first port, once the Service exists. The host
+    /// reaches ClusterIPs as pods do (kube-proxy on the local node); callers wait for an
+    /// answer, since kube-proxy programs a new Service within a moment.
     pub async fn service_address(&self, name: &str) -> String {
         let services: Api<Service> = self.api();
-        let svc = wait_for(
-            &services,
-            name,
-            Duration::from_secs(60),
-            "the mlops.dev/local-address annotation",
-            |s| s.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(LOCAL_ADDRESS)),
-        )
+        let svc = wait_for(&services, name, Duration::from_secs(60), "a ClusterIP and a port", |s| {
+            s.spec.as_ref().is_some_and(|sp| {
+                sp.cluster_ip.as_deref().is_some_and(|ip| ip != "None")
+                    && sp.ports.as_ref().is_some_and(|p| !p.is_empty())
+            })
+        })
         .await;
-        svc.metadata.annotations.unwrap_or_default().remove(LOCAL_ADDRESS).unwrap_or_default()
+        service_socket(&svc).expect("checked above").to_string()
     }
 
     /// Annotates object `resource/name` (a kubectl resource, e.g. `isvc/web`) with a new
@@ -162,7 +221,55 @@ impl TestEnv {
     }
 }
 
-const LOCAL_ADDRESS: &str = "mlops.dev/local-address";
+/// Writes `bytes` at `rel` below test namespace `ns`'s work folder (see
+/// [`TestEnv::work_dir`]), readable by any pod user; returns its `pvc://work/<rel>` URI.
+pub fn put_work_file(ns: &str, rel: &str, bytes: &[u8]) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = PathBuf::from(format!("/tmp/mlops-e2e/{ns}/{rel}"));
+    std::fs::create_dir_all(path.parent().expect("a parent")).expect("work subfolder");
+    std::fs::write(&path, bytes).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    format!("pvc://{WORK_CLAIM}/{rel}")
+}
+
+/// The iris CSV of `runtime/testdata`, copied into test namespace `ns`'s work folder;
+/// returns `pvc://work/iris.csv`.
+pub fn work_iris(ns: &str) -> String {
+    let bytes =
+        std::fs::read(repo_root().join("runtime/testdata/iris.csv")).expect("runtime/testdata/iris.csv");
+    put_work_file(ns, "iris.csv", &bytes)
+}
+
+/// The claim every test namespace has (see [`TestEnv::work_dir`]).
+pub const WORK_CLAIM: &str = "work";
+
+/// `clusterIP:port` of a Service's first port.
+pub fn service_socket(svc: &Service) -> Option<std::net::SocketAddr> {
+    let spec = svc.spec.as_ref()?;
+    let ip: std::net::IpAddr = spec.cluster_ip.as_deref()?.parse().ok()?;
+    Some(std::net::SocketAddr::new(ip, u16::try_from(spec.ports.as_ref()?.first()?.port).ok()?))
+}
+
+/// The local node's address (the bridge the API server listens on), where pods reach
+/// servers a test starts on the host, such as [`S3Server`].
+pub fn node_ip() -> std::net::IpAddr {
+    let text = std::fs::read_to_string(kubeconfig_path()).expect("the kubeconfig");
+    let server = text.lines().find_map(|l| l.trim().strip_prefix("server: https://")).expect("a server line");
+    let host = server.rsplit_once(':').map(|(h, _)| h).unwrap_or(server);
+    host.parse().unwrap_or_else(|e| panic!("the API server address {host:?} is not an IP: {e}"))
+}
+
+/// True for addresses that stay on this machine: loopback, and the local cluster's
+/// private ranges (Services 10.0.0.0/24, the node's bridge and pods 10.244.0.0/16).
+pub fn is_local_cluster_address(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_loopback() || (o[0] == 10 && o[1] == 0 && o[2] == 0) || (o[0] == 10 && o[1] == 244)
+        }
+        std::net::IpAddr::V6(v6) => v6.is_loopback(),
+    }
+}
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
@@ -184,7 +291,9 @@ impl Drop for TestEnv {
         }
         // The test's operator has stopped by now (it is declared after the TestEnv), so
         // nobody will lift the ModelVersions' deletion protection: lift it here, or the
-        // namespace would stay Terminating forever.
+        // namespace would stay Terminating forever. The work volume goes too (its folder
+        // stays for a post-mortem, below /tmp).
+        kubectl_in(None, &["delete", "pv", &self.work_volume(), "--wait=false", "--ignore-not-found"], None);
         let listed = kubectl_in(Some(&self.namespace), &["get", "modelversions", "-o", "name"], None);
         for mv in String::from_utf8_lossy(&listed.stdout).lines().filter(|l| !l.is_empty()) {
             kubectl_in(
@@ -362,7 +471,7 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
 /// routing spreads requests): the status code and body, or `None` on a transport failure.
 pub fn http_post(addr: std::net::SocketAddr, path: &str, body: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
-    assert!(addr.ip().is_loopback(), "tests only talk to loopback");
+    assert!(is_local_cluster_address(addr.ip()), "tests only talk to this machine: {addr}");
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     s.set_write_timeout(Some(Duration::from_secs(3))).ok()?;
@@ -381,8 +490,9 @@ pub fn http_post(addr: std::net::SocketAddr, path: &str, body: &str) -> Option<(
 }
 
 /// Trains the iris logistic regression once with the reference trainer
-/// (`target/debug/mlops-runtime`, built by `make test`) into `/tmp/mlops-e2e/<dir>/`;
-/// returns the artifact URI.
+/// (`target/debug/mlops-runtime`, built by `make test`) into the work folder of test
+/// namespace `dir` (`/tmp/mlops-e2e/<dir>/model.json`); returns the artifact URI as pods
+/// address it, `pvc://work/model.json`.
 pub fn train_iris(dir: &str) -> String {
     let dir = PathBuf::from(format!("/tmp/mlops-e2e/{dir}"));
     std::fs::create_dir_all(&dir).expect("model dir");
@@ -398,7 +508,7 @@ pub fn train_iris(dir: &str) -> String {
         .output()
         .expect("running mlops-runtime train (cargo build -p mlops-runtime)");
     assert!(out.status.success(), "training: {}", output_text(&out));
-    format!("file://{}", artifact.display())
+    format!("pvc://{WORK_CLAIM}/model.json")
 }
 
 /// Where `hack/build-tools.sh` puts the tools it builds.

@@ -8,7 +8,8 @@ use std::{
 
 use crate::{tools_bin, unique_name};
 
-/// A real S3 server on loopback for `s3://` tests: the Versity S3 Gateway
+/// A real S3 server on the local node's address (pods and the host both reach it) for
+/// `s3://` tests: the Versity S3 Gateway
 /// (`hack/build-tools.sh` builds it) over a temporary folder, one bucket per folder in it,
 /// with its own root credentials; stopped and removed when dropped. Objects are written
 /// straight into the folder (a data pipeline dropping a new snapshot) and read through the
@@ -28,13 +29,14 @@ impl S3Server {
         assert!(bin.exists(), "{} is missing: run `make tools` (hack/build-tools.sh)", bin.display());
         let root = PathBuf::from(format!("/tmp/mlops-e2e/s3-{}", unique_name(name)));
         std::fs::create_dir_all(&root).expect("S3 root");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
+        let ip = crate::node_ip();
+        let port = std::net::TcpListener::bind((ip, 0))
             .and_then(|l| l.local_addr())
-            .expect("a free loopback port")
+            .expect("a free port on the node address")
             .port();
         let (access_key, secret_key) = (format!("AK{}", unique_name("s3")), unique_name("secret"));
         let child = Command::new(&bin)
-            .args(["--access", &access_key, "--secret", &secret_key, "--port", &format!("127.0.0.1:{port}")])
+            .args(["--access", &access_key, "--secret", &secret_key, "--port", &format!("{ip}:{port}")])
             .args(["--quiet", "posix"])
             .arg(&root)
             .stdout(std::process::Stdio::null())
@@ -42,9 +44,9 @@ impl S3Server {
             .spawn()
             .expect("starting versitygw");
         let server =
-            S3Server { child, root, endpoint: format!("http://127.0.0.1:{port}"), access_key, secret_key };
+            S3Server { child, root, endpoint: format!("http://{ip}:{port}"), access_key, secret_key };
         let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::net::TcpStream::connect((ip, port)).is_err() {
             assert!(start.elapsed() < Duration::from_secs(20), "versitygw did not listen on {port}");
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -113,12 +113,11 @@ pub async fn wait_serving(env: &TestEnv, name: &str, version: &str) -> Inference
     .await
 }
 
-/// The Service's loopback address on this host (the local node proxies every Service).
+/// The Service's `clusterIP:port` (the host reaches ClusterIPs through the node's kube-proxy).
 pub async fn service_address(env: &TestEnv, name: &str) -> SocketAddr {
     let services: Api<Service> = env.api();
-    wait_until(SHORT, "the Service's local address", || async {
-        let svc = services.get_opt(name).await.ok()??;
-        svc.annotations().get("mlops.dev/local-address")?.parse().ok()
+    wait_until(SHORT, "the Service's ClusterIP", || async {
+        testkit::service_socket(&services.get_opt(name).await.ok()??)
     })
     .await
 }
