@@ -30,9 +30,11 @@ pub mod trainer_env {
     /// Distributed runs: the number of workers and this worker's rank.
     pub const WORKERS: &str = "MLOPS_WORKERS";
     pub const RANK: &str = "MLOPS_RANK";
-    /// Where the trainer writes its result (defaults to [`DEFAULT_TERMINATION_MESSAGE_PATH`]).
+    /// Where the trainer writes its result: the operator sets it to the container's
+    /// `terminationMessagePath` (by default [`DEFAULT_TERMINATION_MESSAGE_PATH`]).
     pub const TERMINATION_MESSAGE_PATH: &str = "MLOPS_TERMINATION_MESSAGE_PATH";
     /// The kubelet's default termination message path, where the operator reads the result.
+    /// The kubelet mounts this file writable by any user, also on a read-only root filesystem.
     pub const DEFAULT_TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
 }
 

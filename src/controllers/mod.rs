@@ -8,6 +8,7 @@ pub mod inference_service;
 #[cfg(test)]
 pub mod mock_api;
 pub mod model_version;
+pub mod pod_security;
 pub mod training_job;
 
 use std::{
@@ -325,33 +326,6 @@ pub async fn run_all(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>
         inference_service::run(ctx, stopped(stop)),
     )
     .await;
-}
-
-/// The restricted Pod Security Standard for the pods the operator creates: non-root,
-/// RuntimeDefault seccomp.
-pub fn restricted_pod() -> k8s_openapi::api::core::v1::PodSecurityContext {
-    k8s_openapi::api::core::v1::PodSecurityContext {
-        run_as_non_root: Some(true),
-        seccomp_profile: Some(runtime_default_seccomp()),
-        ..Default::default()
-    }
-}
-
-/// The restricted Pod Security Standard for a container: no privilege escalation, every
-/// capability dropped, non-root, RuntimeDefault seccomp.
-pub fn restricted_container() -> k8s_openapi::api::core::v1::SecurityContext {
-    use k8s_openapi::api::core::v1::{Capabilities, SecurityContext};
-    SecurityContext {
-        allow_privilege_escalation: Some(false),
-        run_as_non_root: Some(true),
-        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Capabilities::default() }),
-        seccomp_profile: Some(runtime_default_seccomp()),
-        ..SecurityContext::default()
-    }
-}
-
-pub fn runtime_default_seccomp() -> k8s_openapi::api::core::v1::SeccompProfile {
-    k8s_openapi::api::core::v1::SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }
 }
 
 /// The keys of an S3 credentials Secret and whether each may be absent.

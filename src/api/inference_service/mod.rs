@@ -114,6 +114,14 @@ pub struct InferenceServiceSpec {
     pub track: Option<TrackPolicy>,
 
     /// The model server container.
+    ///
+    /// Pod security: serving pods pass the restricted Pod Security Standard. They run as
+    /// the preset image's non-root user (runAsUser, runAsGroup and fsGroup 65532 for
+    /// MlopsRuntime, the default preset, with its image or yours; 1000 for MLServer and
+    /// Triton) with
+    /// runAsNonRoot true, seccompProfile RuntimeDefault, allowPrivilegeEscalation false,
+    /// capabilities drop ALL, and a read-only root filesystem with emptyDirs at /tmp and at
+    /// HOME=/home/mlops (HOME in env wins).
     #[serde(default)]
     pub runtime: Runtime,
 

@@ -47,7 +47,7 @@ pub struct Trainer {
     pub args: Vec<String>,
 
     /// Extra environment variables (the `MLOPS_*` contract variables are set by the operator
-    /// and win over these).
+    /// and win over these). HOME set here replaces the operator's default (/home/mlops).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 128))]
     pub env: Vec<EnvVar>,
@@ -58,6 +58,8 @@ pub struct Trainer {
 
     /// Full pod template (core/v1 PodTemplateSpec) for node selectors, tolerations, volumes,
     /// sidecars. Not validated by this schema; the API server validates the Job built from it.
+    /// Its securityContext fields, volume mounts and HOME are kept; the restricted defaults
+    /// (see trainer) fill in only what it leaves unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "opaque_pod_template")]
     pub template: Option<PodTemplateSpec>,
@@ -70,6 +72,6 @@ fn opaque_pod_template(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         "type": "object",
         "nullable": true,
         "x-kubernetes-preserve-unknown-fields": true,
-        "description": "Full pod template (core/v1 PodTemplateSpec) for node selectors, tolerations, volumes, sidecars. Not validated by this schema; the API server validates the Job built from it."
+        "description": "Full pod template (core/v1 PodTemplateSpec) for node selectors, tolerations, volumes, sidecars. Not validated by this schema; the API server validates the Job built from it. Its securityContext fields, volume mounts and HOME are kept; the restricted defaults (see trainer) fill in only what it leaves unset."
     })
 }

@@ -15,8 +15,8 @@ use k8s_openapi::{
         },
         core::v1::{
             Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
-            PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe, SecurityContext, Service,
-            ServicePort, ServiceSpec, Volume, VolumeMount,
+            PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe, Service, ServicePort,
+            ServiceSpec, Volume, VolumeMount,
         },
     },
     apimachinery::pkg::{
@@ -35,6 +35,7 @@ use crate::{
         self, InferenceService, ModelVersion,
         inference_service::{DEFAULT_MIN_REPLICAS, DEFAULT_TARGET_CPU_UTILIZATION, RuntimePreset},
     },
+    controllers::pod_security::{self, RunAs},
     rollout::Traffic,
 };
 
@@ -152,6 +153,12 @@ pub fn deployment(isvc: &InferenceService, mv: &ModelVersion, replicas: i32) -> 
     let ours: Vec<String> = env.iter().map(|e| e.name.clone()).collect();
     env.extend(rt.env.iter().filter(|e| !ours.contains(&e.name)).cloned());
     env.extend(fault_env(mv));
+    let preset = rt.preset.unwrap_or_default();
+    for &(name, value) in preset_scratch_env(preset) {
+        if !env.iter().any(|e| e.name == name) {
+            env.push(env_literal(name, value));
+        }
+    }
 
     let probe = |path: &str, period: i32| Probe {
         http_get: Some(HTTPGetAction {
@@ -164,7 +171,6 @@ pub fn deployment(isvc: &InferenceService, mv: &ModelVersion, replicas: i32) -> 
         timeout_seconds: Some(2),
         ..Probe::default()
     };
-    let preset = rt.preset.unwrap_or_default();
     let args = if !rt.args.is_empty() {
         Some(rt.args.clone())
     } else if preset == RuntimePreset::MlopsRuntime && rt.command.is_empty() {
@@ -194,13 +200,16 @@ pub fn deployment(isvc: &InferenceService, mv: &ModelVersion, replicas: i32) -> 
                 ..VolumeMount::default()
             }]
         }),
-        // A model server writes nothing to its image's filesystem.
-        security_context: Some(SecurityContext {
-            read_only_root_filesystem: Some(true),
-            ..crate::controllers::restricted_container()
-        }),
         ..Container::default()
     };
+    let mut pod = PodSpec {
+        containers: vec![container],
+        volumes: volume.map(|v| vec![v]),
+        readiness_gates: super::readiness_gate::pod_readiness_gates(isvc),
+        service_account_name: rt.service_account_name.clone(),
+        ..PodSpec::default()
+    };
+    pod_security::secure_pod(&mut pod, preset_run_as(preset), &[SERVER_CONTAINER]);
     Deployment {
         metadata: ObjectMeta {
             name: Some(deployment_name(isvc, &version)),
@@ -222,18 +231,37 @@ pub fn deployment(isvc: &InferenceService, mv: &ModelVersion, replicas: i32) -> 
                     ])),
                     ..ObjectMeta::default()
                 }),
-                spec: Some(PodSpec {
-                    containers: vec![container],
-                    volumes: volume.map(|v| vec![v]),
-                    readiness_gates: super::readiness_gate::pod_readiness_gates(isvc),
-                    service_account_name: rt.service_account_name.clone(),
-                    security_context: Some(crate::controllers::restricted_pod()),
-                    ..PodSpec::default()
-                }),
+                spec: Some(pod),
             },
             ..DeploymentSpec::default()
         }),
         status: None,
+    }
+}
+
+/// The user a preset's server runs as: its image's own non-root user. MLServer's image runs
+/// as 1000, and no other user may enter its working directory `/opt/mlserver` (owner
+/// 1000:0, mode 776); Triton's image is root but ships its server for `triton-server`
+/// (1000:1000). The reference runtime's image runs as 65532, and so does any image given
+/// with that preset (a root one included).
+fn preset_run_as(preset: RuntimePreset) -> RunAs {
+    match preset {
+        RuntimePreset::MlopsRuntime => pod_security::NONROOT,
+        RuntimePreset::MlServer | RuntimePreset::Triton => RunAs { user: 1000, group: 1000 },
+    }
+}
+
+/// Where a preset's server writes, moved off the read-only root filesystem (a variable of
+/// `runtime.env` wins): MLServer creates its metrics folder in its working directory and
+/// its image points the Hugging Face and Numba caches there too.
+fn preset_scratch_env(preset: RuntimePreset) -> &'static [(&'static str, &'static str)] {
+    match preset {
+        RuntimePreset::MlServer => &[
+            ("MLSERVER_METRICS_DIR", "/tmp/.metrics"),
+            ("TRANSFORMERS_CACHE", "/tmp/.cache"),
+            ("NUMBA_CACHE_DIR", "/tmp/.cache"),
+        ],
+        RuntimePreset::MlopsRuntime | RuntimePreset::Triton => &[],
     }
 }
 
@@ -374,7 +402,7 @@ pub fn autoscaler(isvc: &InferenceService) -> Option<HorizontalPodAutoscaler> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rollout::traffic::Placement;
+    use crate::{controllers::pod_security::restricted::restricted_violations, rollout::traffic::Placement};
 
     #[test]
     fn the_service_selects_the_stable_version_alone_unless_a_canary_takes_traffic() {
@@ -457,6 +485,39 @@ mod tests {
             |e| e.name == "MLOPS_MODEL_URI" && e.value.as_deref() == Some("s3://models/iris/model.json")
         ));
         assert_eq!(pod(&d).service_account_name, None, "the namespace's default ServiceAccount");
+    }
+
+    #[test]
+    fn serving_pods_of_every_preset_run_restricted_on_a_read_only_root() {
+        for (preset, user, metrics_dir) in
+            [("MlopsRuntime", 65532, None), ("MLServer", 1000, Some("/tmp/.metrics")), ("Triton", 1000, None)]
+        {
+            let mut pvc_version = s3_version();
+            pvc_version.spec.artifact.uri = "pvc://models/iris/model.json".into();
+            for mv in [s3_version(), pvc_version] {
+                let d = deployment(&isvc(serde_json::json!({"preset": preset})), &mv, 1);
+                let pod = pod(&d);
+                assert_eq!(restricted_violations(pod), Vec::<String>::new(), "{preset}");
+                let sc = pod.security_context.as_ref().unwrap();
+                assert_eq!((sc.run_as_user, sc.run_as_group), (Some(user), Some(user)), "{preset}");
+                let c = &pod.containers[0];
+                assert_eq!(c.security_context.as_ref().unwrap().read_only_root_filesystem, Some(true));
+                let paths: Vec<&str> =
+                    c.volume_mounts.iter().flatten().map(|m| m.mount_path.as_str()).collect();
+                assert!(paths.contains(&"/tmp") && paths.contains(&"/home/mlops"), "{preset}: {paths:?}");
+                let env = |name: &str| server_env(&d).iter().find(|e| e.name == name)?.value.as_deref();
+                assert_eq!(env("HOME"), Some("/home/mlops"));
+                assert_eq!(env("MLSERVER_METRICS_DIR"), metrics_dir, "{preset}");
+            }
+        }
+        // runtime.env wins over the preset's scratch settings and the HOME default.
+        let own = isvc(serde_json::json!({"preset": "MLServer", "env": [
+            {"name": "MLSERVER_METRICS_DIR", "value": "/m"}, {"name": "HOME", "value": "/tmp"}]}));
+        let d = deployment(&own, &s3_version(), 1);
+        let values = |name: &str| -> Vec<Option<&str>> {
+            server_env(&d).iter().filter(|e| e.name == name).map(|e| e.value.as_deref()).collect()
+        };
+        assert_eq!((values("MLSERVER_METRICS_DIR"), values("HOME")), (vec![Some("/m")], vec![Some("/tmp")]));
     }
 
     #[test]

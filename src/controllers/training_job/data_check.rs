@@ -27,7 +27,10 @@ use super::{
     inputs::{Inputs, PodOutcome},
     triggers::Reading,
 };
-use crate::api::{self, TrainingJob};
+use crate::{
+    api::{self, TrainingJob},
+    controllers::pod_security,
+};
 
 /// Name of the container that hashes the dataset.
 pub const CONTAINER: &str = "digest";
@@ -72,14 +75,13 @@ pub fn desired_job(tj: &TrainingJob, image: &str, name: &str) -> Job {
     let mut seen = std::collections::BTreeSet::new();
     env.retain(|e| seen.insert(e.name.clone()));
 
-    let container = Container {
+    let mut container = Container {
         name: CONTAINER.into(),
         image: Some(image.into()),
         // The image's entrypoint is `mlops-runtime` (runtime/Containerfile).
         args: Some(vec!["digest".into()]),
         env: Some(env),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
-        security_context: Some(crate::controllers::restricted_container()),
         resources: Some(ResourceRequirements {
             requests: Some(BTreeMap::from([
                 ("cpu".into(), Quantity("50m".into())),
@@ -90,7 +92,9 @@ pub fn desired_job(tj: &TrainingJob, image: &str, name: &str) -> Job {
         volume_mounts: volume.as_ref().map(|(_, m)| vec![m.clone()]),
         ..Container::default()
     };
-    let pod = PodSpec {
+    let message_path = desired::termination_message_env(&container);
+    container.env.get_or_insert_with(Vec::new).push(message_path);
+    let mut pod = PodSpec {
         restart_policy: Some("Never".into()),
         containers: vec![container],
         volumes: volume.map(|(v, _)| vec![v]),
@@ -98,9 +102,10 @@ pub fn desired_job(tj: &TrainingJob, image: &str, name: &str) -> Job {
         image_pull_secrets: template.and_then(|t| t.image_pull_secrets.clone()),
         node_selector: template.and_then(|t| t.node_selector.clone()),
         tolerations: template.and_then(|t| t.tolerations.clone()),
-        security_context: Some(crate::controllers::restricted_pod()),
         ..PodSpec::default()
     };
+    // The reference runtime's image user; it writes only its termination message.
+    pod_security::secure_pod(&mut pod, pod_security::NONROOT, &[CONTAINER]);
     Job {
         metadata: ObjectMeta {
             name: Some(name.into()),
@@ -222,6 +227,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::controllers::pod_security::restricted::restricted_violations;
 
     fn tj(dataset: serde_json::Value, trainer: serde_json::Value) -> TrainingJob {
         serde_json::from_value(json!({
@@ -281,7 +287,8 @@ mod tests {
             (c.command.as_ref(), c.args.as_ref().unwrap().as_slice()),
             (None, ["digest".to_string()].as_slice())
         );
-        assert_eq!(c.security_context.as_ref().unwrap().allow_privilege_escalation, Some(false));
+        assert_eq!(restricted_violations(pod), Vec::<String>::new());
+        assert_eq!(c.security_context.as_ref().unwrap().read_only_root_filesystem, Some(true));
         let env = c.env.as_ref().unwrap();
         let names: Vec<&str> = env.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(
@@ -292,9 +299,13 @@ mod tests {
                 "AWS_SECRET_ACCESS_KEY",
                 "AWS_SESSION_TOKEN",
                 "AWS_REGION",
-                "AWS_ENDPOINT_URL"
+                "AWS_ENDPOINT_URL",
+                "MLOPS_TERMINATION_MESSAGE_PATH",
+                "HOME",
             ]
         );
+        // `mlops-runtime digest` writes its reading where the kubelet reads it.
+        assert_eq!(env[6].value.as_deref(), Some("/dev/termination-log"));
         assert_eq!(env[0].value.as_deref(), Some("s3://data/iris.csv"));
         // The Secret's optional endpoint comes first; the trainer's literal one is not doubled.
         assert!(env[4].value_from.is_some());
@@ -305,6 +316,7 @@ mod tests {
         let tj = tj(json!({"uri": "pvc://datasets/iris/latest.csv"}), json!({"image": "me/trainer:1"}));
         let job = desired_job(&tj, "img", "iris-dc-100");
         let pod = job.spec.unwrap().template.spec.unwrap();
+        assert_eq!(restricted_violations(&pod), Vec::<String>::new());
         let volume = &pod.volumes.as_ref().unwrap()[0];
         let claim = volume.persistent_volume_claim.as_ref().unwrap();
         assert_eq!((claim.claim_name.as_str(), claim.read_only), ("datasets", Some(true)));

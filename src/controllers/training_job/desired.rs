@@ -10,9 +10,8 @@ use k8s_openapi::{
     api::{
         batch::v1::{Job, JobSpec},
         core::v1::{
-            Container, EnvVar, EnvVarSource, ObjectFieldSelector, PersistentVolumeClaimVolumeSource,
-            PodSecurityContext, PodSpec, PodTemplateSpec, Service, ServicePort, ServiceSpec, Volume,
-            VolumeMount,
+            Container, EnvVar, EnvVarSource, ObjectFieldSelector, PersistentVolumeClaimVolumeSource, PodSpec,
+            PodTemplateSpec, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
         },
     },
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
@@ -21,9 +20,12 @@ use kube::{Resource, ResourceExt};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::api::{
-    self, Gate, TrainingJob,
-    training_job::{DEFAULT_MASTER_PORT, DataValidation, OutlierMethod, RunTrigger, Source, Split},
+use crate::{
+    api::{
+        self, Gate, TrainingJob,
+        training_job::{DEFAULT_MASTER_PORT, DataValidation, OutlierMethod, RunTrigger, Source, Split},
+    },
+    controllers::pod_security,
 };
 
 /// Name of the trainer container (also the one looked up in a user's pod template).
@@ -259,9 +261,6 @@ fn pod_template(
     meta.labels.get_or_insert_with(BTreeMap::new).extend(labels.clone());
     let spec = template.spec.get_or_insert_with(PodSpec::default);
     spec.restart_policy = Some("Never".into());
-    let sc = spec.security_context.get_or_insert_with(PodSecurityContext::default);
-    sc.run_as_non_root = Some(true);
-    sc.seccomp_profile = Some(crate::controllers::runtime_default_seccomp());
 
     let index = match spec.containers.iter().position(|c| c.name == TRAINER_CONTAINER) {
         Some(i) => i,
@@ -301,17 +300,32 @@ fn pod_template(
         c.resources = Some(r.clone());
     }
     c.termination_message_policy = Some("FallbackToLogsOnError".into());
-    c.security_context = Some(crate::controllers::restricted_container());
     c.volume_mounts.get_or_insert_with(Vec::new).extend(mounts);
 
-    let ours = contract_env(tj, run, &dataset_uri, &output_uri);
+    let mut ours = contract_env(tj, run, &dataset_uri, &output_uri);
+    ours.push(termination_message_env(c));
     let mut env: Vec<EnvVar> = c.env.take().unwrap_or_default();
     env.extend(trainer.env.iter().cloned());
     // The contract variables win over anything the user set with the same name.
     env.retain(|e| !ours.iter().any(|o| o.name == e.name));
     env.extend(ours);
     c.env = Some(env);
+
+    let trainer_name = c.name.clone();
+    pod_security::secure_pod(spec, pod_security::NONROOT, &[&trainer_name]);
     Ok(template)
+}
+
+/// `MLOPS_TERMINATION_MESSAGE_PATH`: the file the kubelet reads the container's termination
+/// message from (its `terminationMessagePath`, by default `/dev/termination-log`, which the
+/// kubelet mounts writable for any user even on a read-only root), so the result goes where
+/// the operator reads it.
+pub(super) fn termination_message_env(c: &Container) -> EnvVar {
+    let path = c.termination_message_path.as_deref().filter(|p| !p.is_empty());
+    literal(
+        trainer_env::TERMINATION_MESSAGE_PATH,
+        path.unwrap_or(trainer_env::DEFAULT_TERMINATION_MESSAGE_PATH),
+    )
 }
 
 /// A `pvc://claim/path` URI becomes a mounted claim and a `file://` path inside the pod;

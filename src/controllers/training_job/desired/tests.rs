@@ -2,9 +2,12 @@ use k8s_openapi::api::core::v1::PodSpec;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::api::{
-    common::LocalRef,
-    training_job::{DataAction, DataCheck, OutlierCheck, TriggerType},
+use crate::{
+    api::{
+        common::LocalRef,
+        training_job::{DataAction, DataCheck, OutlierCheck, TriggerType},
+    },
+    controllers::pod_security::{self, restricted::restricted_violations},
 };
 
 /// A TrainingJob as the API server returns it, with `spec` merged over a minimal one.
@@ -147,20 +150,103 @@ fn split_and_validation_are_json_in_contract_names() {
     assert_eq!(validation_json(&only_outliers), r#"{"outliers":{"action":"drop","method":"zscore"}}"#);
 }
 
+fn mount_paths(c: &Container) -> Vec<&str> {
+    c.volume_mounts.iter().flatten().map(|m| m.mount_path.as_str()).collect()
+}
+
 #[test]
-fn the_pod_runs_restricted_whatever_the_template_asks() {
-    let tj = tj(json!({"trainer": {"template": {"spec": {
-        "securityContext": {"runAsNonRoot": false},
-        "containers": [{"name": "trainer", "image": "t:2",
-                        "securityContext": {"privileged": true, "allowPrivilegeEscalation": true}}],
-    }}}}));
+fn a_root_trainer_image_runs_restricted_as_an_unprivileged_user_on_a_read_only_root() {
+    let tj = tj(json!({"trainer": {"image": "python:3.11", "command": ["python", "train.py"]}}));
     let job = desired_job(&tj, &run()).unwrap();
-    let pod = pod_spec(&job).security_context.as_ref().unwrap();
-    assert_eq!(pod.run_as_non_root, Some(true));
-    assert_eq!(pod.seccomp_profile, Some(crate::controllers::runtime_default_seccomp()));
+    let pod = pod_spec(&job);
+    assert_eq!(restricted_violations(pod), Vec::<String>::new());
+    let sc = pod.security_context.as_ref().unwrap();
+    assert_eq!(
+        (sc.run_as_non_root, sc.run_as_user, sc.run_as_group, sc.fs_group),
+        (Some(true), Some(65532), Some(65532), Some(65532))
+    );
     let c = trainer(&job);
-    assert_eq!(c.security_context, Some(crate::controllers::restricted_container()));
+    assert_eq!(c.security_context.as_ref().unwrap().read_only_root_filesystem, Some(true));
+    assert_eq!(mount_paths(c), [pod_security::TMP_DIR, pod_security::HOME_DIR]);
+    assert_eq!(value(c, "HOME"), Some(pod_security::HOME_DIR));
+    // The result goes to the file the kubelet reads, which it mounts writable.
+    assert_eq!(c.termination_message_path, None);
+    assert_eq!(value(c, "MLOPS_TERMINATION_MESSAGE_PATH"), Some("/dev/termination-log"));
+}
+
+#[test]
+fn distributed_and_templated_pods_run_restricted_init_containers_included() {
+    let tj = tj(json!({
+        "workers": 4,
+        "dataset": {"uri": "pvc://data/iris.csv"}, "output": {"uri": "pvc://models/iris"},
+        "trainer": {"image": "pytorch/pytorch:2.4.0-cuda12.1-cudnn9-runtime", "template": {"spec": {
+            "initContainers": [{"name": "fetch-code", "image": "alpine/git"}],
+            "containers": [{"name": "trainer"}, {"name": "log-shipper", "image": "fluent-bit:3"}],
+            "volumes": [{"name": "code", "emptyDir": {}}],
+        }}},
+    }));
+    let job = desired_job(&tj, &run()).unwrap();
+    assert_eq!(job.spec.as_ref().unwrap().completion_mode.as_deref(), Some("Indexed"));
+    assert_eq!(restricted_violations(pod_spec(&job)), Vec::<String>::new());
+    // Only the trainer, which the operator defines, gets the read-only root and scratch.
+    let shipper = &pod_spec(&job).containers[1];
+    assert_eq!(shipper.security_context.as_ref().unwrap().read_only_root_filesystem, None);
+    assert_eq!(shipper.volume_mounts, None);
+}
+
+#[test]
+fn what_the_template_sets_is_kept_field_by_field() {
+    let tj = tj(json!({"trainer": {
+        "env": [{"name": "HOME", "value": "/workspace"}],
+        "template": {"spec": {
+            "securityContext": {"runAsUser": 1000},
+            "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": "20Gi"}}],
+            "containers": [{"name": "trainer", "image": "t:2",
+                            "volumeMounts": [{"name": "scratch", "mountPath": "/tmp"}],
+                            "securityContext": {"readOnlyRootFilesystem": false, "runAsUser": 1001}}],
+        }},
+    }}));
+    let job = desired_job(&tj, &run()).unwrap();
+    let pod = pod_spec(&job);
+    let sc = pod.security_context.as_ref().unwrap();
+    assert_eq!(sc.run_as_user, Some(1000), "the template's user");
+    assert_eq!((sc.run_as_group, sc.fs_group), (Some(65532), Some(65532)), "what it left unset");
+    let c = trainer(&job);
+    let csc = c.security_context.as_ref().unwrap();
+    assert_eq!((csc.run_as_user, csc.read_only_root_filesystem), (Some(1001), Some(false)));
+    assert_eq!(csc.allow_privilege_escalation, Some(false));
+    // Its own /tmp, once (a duplicate mountPath is a kubelet error), and its own HOME.
+    assert_eq!(mount_paths(c), ["/tmp"]);
+    assert_eq!(value(c, "HOME"), Some("/workspace"));
+    let volumes: Vec<&str> = pod.volumes.iter().flatten().map(|v| v.name.as_str()).collect();
+    assert_eq!(volumes, ["scratch"]);
     assert_eq!(c.image.as_deref(), Some("t:2"), "the template's image when trainer.image is unset");
+    assert_eq!(restricted_violations(pod), Vec::<String>::new());
+
+    // A template asking for more than restricted keeps it; the namespace's admission decides.
+    let privileged = tj_with_trainer_security(json!({"privileged": true}));
+    let job = desired_job(&privileged, &run()).unwrap();
+    assert_eq!(restricted_violations(pod_spec(&job)), ["container trainer: privileged"]);
+}
+
+fn tj_with_trainer_security(security_context: Value) -> TrainingJob {
+    tj(json!({"trainer": {"image": "t:1", "template": {"spec": {"containers": [
+        {"name": "trainer", "securityContext": security_context}]}}}}))
+}
+
+#[test]
+fn the_termination_message_variable_follows_a_custom_path() {
+    let tj = tj(json!({"trainer": {
+        "image": "t:1",
+        // The contract variable wins over the user's.
+        "env": [{"name": "MLOPS_TERMINATION_MESSAGE_PATH", "value": "/elsewhere"}],
+        "template": {"spec": {"containers": [{"name": "trainer", "terminationMessagePath": "/tmp/result"}]}},
+    }}));
+    let job = desired_job(&tj, &run()).unwrap();
+    let c = trainer(&job);
+    assert_eq!(c.termination_message_path.as_deref(), Some("/tmp/result"));
+    assert_eq!(value(c, "MLOPS_TERMINATION_MESSAGE_PATH"), Some("/tmp/result"));
+    assert_eq!(c.env.iter().flatten().filter(|e| e.name == "MLOPS_TERMINATION_MESSAGE_PATH").count(), 1);
 }
 
 #[test]
@@ -242,7 +328,12 @@ fn pvc_uris_become_mounted_claims_and_local_paths() {
         .collect();
     assert_eq!(
         mounts,
-        [("dataset-pvc", "/mnt/mlops/dataset", Some(true)), ("output-pvc", "/mnt/mlops/output", Some(false))]
+        [
+            ("dataset-pvc", "/mnt/mlops/dataset", Some(true)),
+            ("output-pvc", "/mnt/mlops/output", Some(false)),
+            ("mlops-tmp", "/tmp", None),
+            ("mlops-home", "/home/mlops", None),
+        ]
     );
     assert_eq!(value(c, "MLOPS_DATASET_URI"), Some("file:///mnt/mlops/dataset/sets/iris.csv"));
     assert_eq!(value(c, "MLOPS_OUTPUT_URI"), Some("file:///mnt/mlops/output/out/iris-r3"));
