@@ -156,7 +156,8 @@ up() {
     --service-account-private-key-file "$p/sa.key" --root-ca-file "$p/ca.crt" \
     --cluster-signing-cert-file "$p/ca.crt" --cluster-signing-key-file "$p/ca.key" \
     --leader-elect=false --bind-address 127.0.0.1 --secure-port "$KCM_PORT" \
-    --kube-api-qps 200 --kube-api-burst 400 --node-monitor-grace-period 60s
+    --kube-api-qps 200 --kube-api-burst 400 --node-monitor-grace-period 60s \
+    --pvclaimbinder-sync-period 1s
   start kube-scheduler kube-scheduler --kubeconfig "$kubeconfig" \
     --authentication-kubeconfig "$kubeconfig" --authorization-kubeconfig "$kubeconfig" \
     --leader-elect=false --bind-address 127.0.0.1 --secure-port "$SCHED_PORT" \

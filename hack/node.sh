@@ -143,7 +143,7 @@ TOML
   for _ in $(seq 100); do ctr --address "$SOCK" version >/dev/null 2>&1 && break; sleep 0.1; done
   ctr --address "$SOCK" version >/dev/null 2>&1 || { log "containerd did not start; see $state/logs/containerd.log"; tail -20 "$state/logs/containerd.log" >&2; exit 1; }
   if [[ -n ${MLOPS_TMP_IMPORT:-} ]]; then
-    ctr --address "$SOCK" -n k8s.io images import --base-name "$pause" --digests /tmp/pause.tar
+    ctr --address "$SOCK" -n k8s.io images import --base-name "${pause%:*}" /tmp/pause.tar; ctr --address "$SOCK" -n k8s.io images import --base-name ghcr.io/mlops-dev/mlops-runtime /tmp/rt.tar
     ctr --address "$SOCK" -n k8s.io images ls -q
   fi
 }
@@ -318,7 +318,7 @@ node_pids() {
   local f pid
   for f in /proc/[0-9]*/cmdline; do
     pid=${f#/proc/}; pid=${pid%/cmdline}
-    if tr '\0' ' ' <"$f" 2>/dev/null | grep -qF -- "$SOCK"; then echo "$pid"; fi
+    if { tr '\0' ' ' <"$f"; } 2>/dev/null | grep -qF -- "$SOCK"; then echo "$pid"; fi
   done
   cat /sys/fs/cgroup/*/kubepods/cgroup.procs /sys/fs/cgroup/*/kubepods/*/cgroup.procs \
     /sys/fs/cgroup/*/kubepods/*/*/cgroup.procs /sys/fs/cgroup/*/kubepods/*/*/*/cgroup.procs 2>/dev/null || true
@@ -384,9 +384,13 @@ down() {
 leftovers() {
   local bad=0
   [[ -n $(node_pids) ]] && { echo "processes: $(node_pids | sort -u | tr '\n' ' ')"; bad=1; }
-  local f
-  for f in kubelet kube-proxy coredns containerd; do
-    pgrep -x "$f" >/dev/null && { echo "process still running: $f"; bad=1; }
+  # Any process started with a path of ours (kubelet, kube-proxy, CoreDNS, containerd).
+  local f pid
+  for f in /proc/[0-9]*/cmdline; do
+    pid=${f#/proc/}; pid=${pid%/cmdline}
+    if { tr '\0' ' ' <"$f"; } 2>/dev/null | grep -qF -- "$node"; then
+      echo "process $pid: $(tr '\0' ' ' <"$f")"; bad=1
+    fi
   done
   [[ -n $(our_mounts) ]] && { echo "mounts: $(our_mounts | tr '\n' ' ')"; bad=1; }
   ip link show "$BRIDGE" >/dev/null 2>&1 && { echo "bridge $BRIDGE"; bad=1; }

@@ -134,6 +134,13 @@ impl TestEnv {
             .create(&PostParams::default(), &pvc)
             .await
             .unwrap_or_else(|e| panic!("creating PersistentVolumeClaim {WORK_CLAIM}: {e}"));
+        // A pod of an unbound claim waits for the scheduler's next retry: start bound.
+        let claims = self.api::<PersistentVolumeClaim>();
+        wait_until(Duration::from_secs(30), "the claim `work` to be Bound", || async {
+            let pvc = claims.get_opt(WORK_CLAIM).await.ok()??;
+            (pvc.status?.phase.as_deref() == Some("Bound")).then_some(())
+        })
+        .await;
     }
 
     fn work_volume(&self) -> String {

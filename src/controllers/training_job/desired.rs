@@ -276,9 +276,22 @@ fn pod_template(
     let output_base = format!("{}/{}", tj.spec.output.uri.trim_end_matches('/'), run.name);
     let (output_uri, output_volume) = local_uri(&output_base, "output", false);
     let mut mounts = Vec::new();
-    for (volume, mount) in [dataset_volume, output_volume].into_iter().flatten() {
-        if !spec.volumes.iter().flatten().any(|v| v.name == volume.name) {
-            spec.volumes.get_or_insert_with(Vec::new).push(volume);
+    for (volume, mut mount) in [dataset_volume, output_volume].into_iter().flatten() {
+        let volumes = spec.volumes.get_or_insert_with(Vec::new);
+        // One claim is one volume, however many mounts use it: a kubelet never finishes
+        // mounting a pod with two volumes of the same claim. Written through any mount, the
+        // volume is read-write; each mount keeps its own read-only flag.
+        let claim = |v: &Volume| v.persistent_volume_claim.as_ref().map(|c| c.claim_name.clone());
+        if let Some(same) = volumes.iter_mut().find(|v| v.name == volume.name || claim(v) == claim(&volume)) {
+            if let (Some(existing), Some(new)) =
+                (same.persistent_volume_claim.as_mut(), volume.persistent_volume_claim.as_ref())
+                && new.read_only == Some(false)
+            {
+                existing.read_only = Some(false);
+            }
+            mount.name = same.name.clone();
+        } else {
+            volumes.push(volume);
         }
         mounts.push(mount);
     }

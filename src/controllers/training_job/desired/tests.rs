@@ -306,6 +306,29 @@ fn several_workers_are_an_indexed_job_behind_a_headless_service() {
     assert_eq!(s.ports.unwrap()[0].port, DEFAULT_MASTER_PORT);
 }
 
+/// A kubelet never finishes mounting a pod that has two volumes of one claim: data and
+/// models on the same claim share one read-write volume, mounted twice.
+#[test]
+fn one_claim_for_data_and_models_is_one_volume_mounted_twice() {
+    let tj = tj(json!({"dataset": {"uri": "pvc://work/iris.csv"}, "output": {"uri": "pvc://work/models"}}));
+    let job = desired_job(&tj, &run()).unwrap();
+    let claims: Vec<_> = pod_spec(&job)
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| Some((v.name.as_str(), v.persistent_volume_claim.as_ref()?.read_only)))
+        .collect();
+    assert_eq!(claims, [("dataset-pvc", Some(false))]);
+    let mounts: Vec<_> = trainer(&job)
+        .volume_mounts
+        .iter()
+        .flatten()
+        .filter(|m| m.name == "dataset-pvc")
+        .map(|m| (m.mount_path.as_str(), m.read_only))
+        .collect();
+    assert_eq!(mounts, [("/mnt/mlops/dataset", Some(true)), ("/mnt/mlops/output", Some(false))]);
+}
+
 #[test]
 fn pvc_uris_become_mounted_claims_and_local_paths() {
     let tj =
