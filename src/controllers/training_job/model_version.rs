@@ -88,6 +88,40 @@ pub struct Verdict {
     pub message: String,
 }
 
+/// The artifact's address for everyone else: a trainer sees a `pvc://` output as a
+/// `file://` path below the claim's mount, which means nothing outside its pod. A path
+/// below a mount of a claim in the trainer container (ours or the template's) becomes
+/// `pvc://<claim>/<path>`; any other URI is kept as written.
+pub fn uri_outside_pod(uri: &str, job: &Job) -> String {
+    let Some(path) = uri.strip_prefix("file://") else { return uri.to_string() };
+    let Some(spec) = job.spec.as_ref().and_then(|s| s.template.spec.as_ref()) else { return uri.to_string() };
+    let trainer = spec
+        .containers
+        .iter()
+        .find(|c| c.name == super::desired::TRAINER_CONTAINER)
+        .or(spec.containers.first());
+    let claim_of = |volume: &str| {
+        spec.volumes.iter().flatten().find(|v| v.name == volume)?.persistent_volume_claim.as_ref()
+    };
+    // The deepest mount wins: a claim may be mounted inside another volume.
+    let best = trainer
+        .into_iter()
+        .flat_map(|c| c.volume_mounts.iter().flatten())
+        .filter(|m| m.sub_path_expr.is_none())
+        .filter_map(|m| {
+            let rest = path.strip_prefix(m.mount_path.trim_end_matches('/'))?;
+            let rest = rest.strip_prefix('/').or(rest.is_empty().then_some(""))?;
+            let sub = m.sub_path.as_deref().unwrap_or("").trim_matches('/');
+            let rest = if sub.is_empty() { rest.to_string() } else { format!("{sub}/{rest}") };
+            Some((m.mount_path.len(), claim_of(&m.name)?.claim_name.clone(), rest))
+        })
+        .max_by_key(|(len, _, _)| *len);
+    match best {
+        Some((_, claim, rest)) => format!("pvc://{claim}/{rest}"),
+        None => uri.to_string(),
+    }
+}
+
 /// The ModelVersion of a successful run: the recipe stored on the Job, the trainer's
 /// result, and the pod's image digest.
 pub fn model_version(
@@ -127,7 +161,10 @@ pub fn model_version(
         },
         spec: ModelVersionSpec {
             model: recipe.model.clone(),
-            artifact: res.artifact.clone(),
+            artifact: api::model_version::Artifact {
+                uri: uri_outside_pod(&res.artifact.uri, job),
+                ..res.artifact.clone()
+            },
             metrics: res.metrics.clone(),
             lineage: Some(Lineage {
                 training_job: Some(tj.name_any()),

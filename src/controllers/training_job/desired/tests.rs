@@ -455,3 +455,29 @@ fn model_version_labels_must_be_kubernetes_labels() {
         assert!(err.to_string().starts_with("modelVersion.labels: "), "{err}");
     }
 }
+
+/// What the trainer reports as a path below a claim's mount is recorded as that claim's
+/// `pvc://` URI, which serving pods can mount; other URIs are kept.
+#[test]
+fn artifact_paths_below_a_claim_mount_become_pvc_uris() {
+    use crate::controllers::training_job::model_version::uri_outside_pod;
+    let tj = tj(json!({"dataset": {"uri": "pvc://data/iris.csv"}, "output": {"uri": "pvc://models/iris"},
+        "trainer": {"template": {"spec": {
+            "containers": [{"name": "trainer", "image": "t:1", "volumeMounts": [
+                {"name": "extra", "mountPath": "/mnt/mlops/output/deeper"},
+                {"name": "sub", "mountPath": "/sub", "subPath": "team/a"}]}],
+            "volumes": [{"name": "extra", "persistentVolumeClaim": {"claimName": "deep"}},
+                        {"name": "sub", "persistentVolumeClaim": {"claimName": "shared"}}]}}}}));
+    let job = desired_job(&tj, &run()).unwrap();
+    let cases = [
+        ("file:///mnt/mlops/output/iris/iris-r3/model.json", "pvc://models/iris/iris-r3/model.json"),
+        ("file:///mnt/mlops/output/deeper/m.onnx", "pvc://deep/m.onnx"),
+        ("file:///sub/m.json", "pvc://shared/team/a/m.json"),
+        ("file:///mnt/mlops/outputx/m.json", "file:///mnt/mlops/outputx/m.json"),
+        ("file:///tmp/m.json", "file:///tmp/m.json"),
+        ("s3://b/k", "s3://b/k"),
+    ];
+    for (inside, outside) in cases {
+        assert_eq!(uri_outside_pod(inside, &job), outside, "{inside}");
+    }
+}
