@@ -20,6 +20,11 @@ tools: ## build the pinned control-plane tools into the cache (no-op when cached
 	hack/ensure-deps.sh
 	hack/build-tools.sh
 
+.PHONY: images
+images: ## build the container images from their Containerfiles, no engine needed (cached)
+	hack/ensure-deps.sh
+	hack/build-images.sh build
+
 .PHONY: cluster-up
 cluster-up: tools ## start the local cluster; kubeconfig in .dev/kubeconfig
 	hack/cluster.sh up

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks for `make test` and `make demo`: Debian packages
-# (openssl for the local PKI, prometheus for analysis, shellcheck for the scripts) and
-# checks the toolchains.
+# (openssl for the local PKI, prometheus for analysis, shellcheck for the scripts, umoci,
+# mmdebstrap and containerd's ctr for the local images) and checks the toolchains.
 # Everything else is built from Go modules or crates by the other scripts.
 set -euo pipefail
 missing=()
@@ -13,6 +13,17 @@ command -v promtool >/dev/null || missing+=(prometheus)
 command -v curl >/dev/null || missing+=(curl)
 # make test lints hack/ and bench/ with it.
 command -v shellcheck >/dev/null || missing+=(shellcheck)
+# hack/build-images.sh: images without a container engine (umoci packs the layers, mmdebstrap
+# makes the Debian roots, gcc -static the pause program, flock/unshare from util-linux) and
+# ctr (containerd's client) to import them.
+command -v umoci >/dev/null || missing+=(umoci)
+command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
+[[ -f /usr/share/keyrings/debian-archive-keyring.gpg ]] || missing+=(debian-archive-keyring)
+command -v ctr >/dev/null || missing+=(containerd)
+command -v gcc >/dev/null || missing+=(gcc)
+command -v strip >/dev/null || missing+=(binutils)
+[[ -f /usr/lib/x86_64-linux-gnu/libc.a ]] || missing+=(libc6-dev)
+command -v flock >/dev/null || missing+=(util-linux)
 if ((${#missing[@]})); then
   echo "[deps] installing ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
@@ -25,6 +36,10 @@ if ((${#missing[@]})); then
   elif [[ -x /etc/init.d/prometheus ]]; then
     # Stops the pid in /run/prometheus/prometheus.pid, nothing else.
     /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+  fi
+  # Likewise containerd's system service (the local node runs its own, on its own socket).
+  if [[ " ${missing[*]} " == *" containerd "* && -d /run/systemd/system ]]; then
+    systemctl disable --now containerd >/dev/null 2>&1 || true
   fi
 fi
 for tool in go cargo python3; do

@@ -18,6 +18,10 @@ export PATH
 
 step "build (the local node runs target/debug/mlops-runtime for the runtime image)"
 cargo build --workspace --locked
+# The images, from their Containerfiles (cached by content; the binaries are the build above);
+# tests/images.rs checks them against the Containerfiles.
+step "images"
+hack/build-images.sh build
 step "format and lint"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
