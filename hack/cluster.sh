@@ -109,9 +109,12 @@ KC
 
 up() {
   if [[ -f $state/ports ]] && readyz; then
-    # A node or Prometheus that died comes back; both are no-ops when running.
+    # A node or Prometheus that died comes back; both are no-ops when running. Images
+    # rebuilt since (new binaries) are imported, so new pods run them.
     if ! { [[ -f $state/pids/kubelet ]] && kill -0 "$(cat "$state/pids/kubelet")" 2>/dev/null; }; then
       node_up
+    else
+      "$root/hack/node.sh" images
     fi
     "$root/hack/prometheus.sh" up || log "Prometheus did not start: tests that query it will fail (hack/ensure-deps.sh installs it)"
     log "already running (kubeconfig: .dev/kubeconfig)"; return 0; fi

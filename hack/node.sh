@@ -5,6 +5,7 @@
 # hack/cluster.sh calls it; run it directly only to restart the node.
 #
 #   hack/node.sh network  create the bridge (the API server binds its address; cluster.sh)
+#   hack/node.sh images   rebuild the images (cached by content) and import what changed
 #   hack/node.sh up     start containerd, import the images, start kubelet, kube-proxy, CoreDNS
 #   hack/node.sh down   stop all of it and remove every trace (processes, shims, mounts,
 #                       network namespaces, veths, the bridge, iptables chains, cgroups, sysctls)
@@ -101,7 +102,10 @@ JSON
 
 containerd_up() {
   mkdir -p "$ctrd/root" "$ctrd/state"
-  local pause=${MLOPS_PAUSE_IMAGE:-ghcr.io/mlops-dev/pause:3.10}
+  # No registry: every image, the sandbox's pause image included, is built here
+  # (hack/build-images.sh, cached by content) and imported.
+  "$root/hack/build-images.sh" build
+  local pause; pause=$("$root/hack/build-images.sh" pause-name)
   cat >"$node/containerd.toml" <<TOML
 version = 2
 root = "$ctrd/root"
@@ -142,10 +146,7 @@ TOML
   start containerd containerd --config "$node/containerd.toml"
   for _ in $(seq 100); do ctr --address "$SOCK" version >/dev/null 2>&1 && break; sleep 0.1; done
   ctr --address "$SOCK" version >/dev/null 2>&1 || { log "containerd did not start; see $state/logs/containerd.log"; tail -20 "$state/logs/containerd.log" >&2; exit 1; }
-  if [[ -n ${MLOPS_TMP_IMPORT:-} ]]; then
-    ctr --address "$SOCK" -n k8s.io images import --base-name "${pause%:*}" /tmp/pause.tar; ctr --address "$SOCK" -n k8s.io images import --base-name ghcr.io/mlops-dev/mlops-runtime /tmp/rt.tar
-    ctr --address "$SOCK" -n k8s.io images ls -q
-  fi
+  "$root/hack/build-images.sh" import "$SOCK"
 }
 
 node_pki() {
@@ -407,7 +408,8 @@ leftovers() {
 case ${1:-} in
   up) up ;;
   network) mkdir -p "$state"; network_up ;;
+  images) "$root/hack/build-images.sh" build; "$root/hack/build-images.sh" import "$SOCK" ;;
   down) down; log "stopped" ;;
   leftovers) leftovers ;;
-  *) echo "usage: $0 up|down|leftovers" >&2; exit 2 ;;
+  *) echo "usage: $0 network|up|images|down|leftovers" >&2; exit 2 ;;
 esac

@@ -16,7 +16,7 @@ hack/build-tools.sh
 PATH=$(hack/build-tools.sh --print):$PATH
 export PATH
 
-step "build (the local node runs target/debug/mlops-runtime for the runtime image)"
+step "build (the images carry these binaries)"
 cargo build --workspace --locked
 # The images, from their Containerfiles (cached by content; the binaries are the build above);
 # tests/images.rs checks them against the Containerfiles.
@@ -37,7 +37,8 @@ if ! hack/cluster.sh status; then
   step "starting the local cluster"
   started=1
 fi
-# Also on a running cluster: makes sure its node agent and Prometheus run (no-op if they do).
+# Also on a running cluster: makes sure its node and Prometheus run (no-op if they do) and
+# imports the images just built.
 hack/cluster.sh up
 export KUBECONFIG=$root/.dev/kubeconfig
 
