@@ -42,9 +42,9 @@ verify: ## fail when generated files drift; lint, render and dry-run the chart o
 	hack/verify-generated.sh
 	hack/verify-chart.sh
 
-# ---- local node agent and Prometheus (owned by the node-agent work; see node/README.md) ----
+# ---- the local node and Prometheus (hack/node.sh, hack/prometheus.sh) ----
 .PHONY: node-up prometheus-up prometheus-down
-node-up: ## rebuild and restart the local node agent (and Prometheus) on the running cluster
+node-up: ## start the local node (containerd, kubelet, kube-proxy, CoreDNS) and Prometheus if they are down
 	hack/cluster.sh node-up
 
 prometheus-up: ## start Prometheus for the local cluster; URL in .dev/prometheus-url

@@ -9,6 +9,12 @@ background AnalysisTemplate querying the same Prometheus every interval with the
 error-ratio query, failureLimit 0. Measured per run: the first 5xx the load generator sees
 (onset), the last 5xx, and the Rollout showing the abort complete (canary scaled away,
 stable available), polled every 100 ms.
+
+The pods are those of our own runtime preset on the real node: the runtime image, the
+restricted security context the operator gives its pods (the namespace enforces the
+restricted Pod Security Standard, like the tests'), and the model read from the claim
+`work`, a hostPath PersistentVolume over /tmp/mlops-e2e/<namespace> bound ahead as testkit
+binds it. The load generator talks to the Service's ClusterIP (kube-proxy on the node).
 """
 
 import json
@@ -23,6 +29,10 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 KUBECONFIG = str(ROOT / ".dev/kubeconfig")
+# The operator's serving pods (src/controllers/inference_service/desired.rs, pod_security.rs).
+IMAGE = "ghcr.io/mlops-dev/mlops-runtime:0.1.0"
+RUNTIME_USER = 65532
+MODEL_MOUNT = "/mnt/mlops/model"
 BODY = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [5.1, 3.5, 1.4, 0.2]}]})
 
 
@@ -74,10 +84,41 @@ class Load:
         return [h for h in list(self.hits) if h[0] >= t]
 
 
+def work_claim(ns):
+    """The claim `work` of namespace `ns`, as testkit's TestEnv creates it: a hostPath
+    PersistentVolume over /tmp/mlops-e2e/<ns> (mode 0777: pods run as their own users),
+    bound ahead (claimRef + volumeName), no provisioner. Returns the folder."""
+    workdir = pathlib.Path(f"/tmp/mlops-e2e/{ns}")
+    workdir.mkdir(parents=True, exist_ok=True)
+    workdir.chmod(0o777)
+    pv = {"apiVersion": "v1", "kind": "PersistentVolume",
+          "metadata": {"name": work_volume(ns), "labels": {"mlops.dev/e2e": "true"}},
+          "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany", "ReadOnlyMany"],
+                   "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
+                   "hostPath": {"path": str(workdir), "type": "Directory"},
+                   "claimRef": {"namespace": ns, "name": "work"}}}
+    pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "work", "namespace": ns},
+           "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": work_volume(ns),
+                    "resources": {"requests": {"storage": "1Gi"}}}}
+    kubectl("create", "-f", "-", stdin=json.dumps(pv))
+    kubectl("create", "-f", "-", stdin=json.dumps(pvc))
+    deadline = time.monotonic() + 30
+    while kubectl("-n", ns, "get", "pvc", "work", "-o", "jsonpath={.status.phase}") != "Bound":
+        if time.monotonic() > deadline:
+            sys.exit(f"the claim work in {ns} never became Bound")
+        time.sleep(0.2)
+    return workdir
+
+
+def work_volume(ns):
+    return f"mlops-e2e-{ns}"
+
+
 def rollout(ns, name, version, fault, interval, model_uri, prom):
     env = [{"name": "MLOPS_MODEL_NAME", "value": "iris"}, {"name": "MLOPS_MODEL_VERSION", "value": version},
            {"name": "MLOPS_MODEL_URI", "value": model_uri}, {"name": "MLOPS_HTTP_PORT", "value": "8080"},
-           {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
+           {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+           {"name": "HOME", "value": "/home/mlops"}]
     if fault:
         env.append({"name": "MLOPS_FAULT_ERROR_RATE", "value": "1"})
     return {
@@ -88,11 +129,24 @@ def rollout(ns, name, version, fault, interval, model_uri, prom):
                 "metadata": {"labels": {"app": name},
                              "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": "8080",
                                              "prometheus.io/path": "/metrics"}},
-                "spec": {"containers": [{
-                    "name": "server", "image": "ghcr.io/mlops-dev/mlops-runtime:0.1.0", "args": ["serve"],
-                    "env": env, "ports": [{"name": "http", "containerPort": 8080}],
-                    "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": 8080},
-                                       "periodSeconds": 2, "failureThreshold": 3}}]}},
+                # What the operator gives its MlopsRuntime pods: restricted, read-only root,
+                # emptyDirs for /tmp and HOME, the model's claim mounted read-only.
+                "spec": {
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": RUNTIME_USER,
+                                        "runAsGroup": RUNTIME_USER, "fsGroup": RUNTIME_USER,
+                                        "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [{
+                        "name": "server", "image": IMAGE, "args": ["serve"],
+                        "env": env, "ports": [{"name": "http", "containerPort": 8080}],
+                        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": 8080},
+                                           "periodSeconds": 2, "failureThreshold": 3},
+                        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                                            "readOnlyRootFilesystem": True},
+                        "volumeMounts": [{"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True},
+                                         {"name": "mlops-tmp", "mountPath": "/tmp"},
+                                         {"name": "mlops-home", "mountPath": "/home/mlops"}]}],
+                    "volumes": [{"name": "model", "persistentVolumeClaim": {"claimName": "work", "readOnly": True}},
+                                {"name": "mlops-tmp", "emptyDir": {}}, {"name": "mlops-home", "emptyDir": {}}]}},
             "strategy": {"canary": {
                 "steps": [{"setWeight": 25}, {"pause": {"duration": "120s"}}],
                 "analysis": {"templates": [{"templateName": "error-rate"}], "startingStep": 0,
@@ -117,13 +171,26 @@ def main():
     controller = sys.argv[1]
     prom = (ROOT / ".dev/prometheus-url").read_text().strip()
     ns = f"argo-bench-{int(time.time()) % 100000}"
-    kubectl("create", "namespace", ns)
-    workdir = pathlib.Path(f"/tmp/mlops-e2e/{ns}")
-    workdir.mkdir(parents=True, exist_ok=True)
+    # Pod Security Admission at restricted, enforced, as in the tests' namespaces.
+    kubectl("create", "-f", "-", stdin=json.dumps({
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {
+            "mlops.dev/e2e": "true", "pod-security.kubernetes.io/enforce": "restricted",
+            "pod-security.kubernetes.io/enforce-version": "latest"}}}))
+    try:
+        bench(ns, controller, runs, interval, prom)
+    finally:
+        # The volume goes with the namespace (its folder stays below /tmp for a post-mortem).
+        kubectl("delete", "namespace", ns, "--wait=false", check=False)
+        kubectl("delete", "pv", work_volume(ns), "--wait=false", "--ignore-not-found", check=False)
+
+
+def bench(ns, controller, runs, interval, prom):
+    workdir = work_claim(ns)
     subprocess.run([str(ROOT / "target/debug/mlops-runtime"), "train"], check=True, capture_output=True, env={
         **os.environ, "MLOPS_DATASET_URI": str(ROOT / "runtime/testdata/iris.csv"), "MLOPS_LABEL_COLUMN": "species",
         "MLOPS_OUTPUT_URI": f"file://{workdir}/model.json", "MLOPS_TERMINATION_MESSAGE_PATH": str(workdir / "r.json")})
-    model_uri = f"file://{workdir}/model.json"
+    # The pods read it from the claim, mounted where the operator mounts a pvc:// artifact.
+    model_uri = f"file://{MODEL_MOUNT}/model.json"
     log = open(workdir / "controller.log", "w")
     ctl = subprocess.Popen([controller, "--kubeconfig", KUBECONFIG, "--namespaced", "-n", ns,
                             "--leader-elect=false", "--healthzPort", str(free_port()),
@@ -138,8 +205,10 @@ def main():
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             st = json.loads(kubectl("-n", ns, "get", "rollout", "web", "-o", "json"))
-            addr = json.loads(kubectl("-n", ns, "get", "svc", "web", "-o", "json"))["metadata"].get(
-                "annotations", {}).get("mlops.dev/local-address")
+            # The host reaches the Service at its ClusterIP (kube-proxy on the local node).
+            spec = json.loads(kubectl("-n", ns, "get", "svc", "web", "-o", "json"))["spec"]
+            if spec.get("clusterIP") not in (None, "", "None") and spec.get("ports"):
+                addr = f"{spec['clusterIP']}:{spec['ports'][0]['port']}"
             if st.get("status", {}).get("availableReplicas") == 4 and addr:
                 break
             time.sleep(0.5)
@@ -219,7 +288,6 @@ def main():
     finally:
         ctl.terminate()
         ctl.wait(timeout=20)
-        kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
 
 if __name__ == "__main__":

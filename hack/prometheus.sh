@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Prometheus for the local cluster: Debian's `prometheus`, on 127.0.0.1 with a free port,
+# Prometheus for the local cluster: Debian's `prometheus`, on the node address 10.244.0.1
+# (the host and pods, such as an operator installed by its chart, both reach it) with a free port,
 # scraping every 2 s the pods annotated prometheus.io/scrape: "true" (prometheus.io/port,
 # prometheus.io/path) at podIP:port. Series carry namespace, pod, and every pod label
 # (label names sanitised: app.kubernetes.io/name -> app_kubernetes_io_name). Debian's build
@@ -20,6 +21,7 @@ url_file=$dev/prometheus-url
 kubeconfig=$dev/kubeconfig
 targets=$dir/targets.json
 node_name=local-node
+node_ip=10.244.0.1
 
 log() { printf '[prometheus] %s\n' "$*" >&2; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -63,10 +65,10 @@ YAML
     >"$state/logs/scrape-targets.log" 2>&1 </dev/null &
   echo $! >"$state/pids/scrape-targets"
   setsid prometheus --config.file "$dir/prometheus.yml" --storage.tsdb.path "$dir/data" \
-    --storage.tsdb.retention.time 1d --web.listen-address "127.0.0.1:$port" \
+    --storage.tsdb.retention.time 1d --web.listen-address "$node_ip:$port" \
     --web.enable-lifecycle --log.level warn >"$state/logs/prometheus.log" 2>&1 </dev/null &
   echo $! >"$state/pids/prometheus"
-  local url=http://127.0.0.1:$port
+  local url=http://$node_ip:$port
   for _ in $(seq 150); do ready "$url" && break; sleep 0.2; done
   ready "$url" || { log "prometheus did not become ready; see $state/logs/prometheus.log"; tail -20 "$state/logs/prometheus.log" >&2; exit 1; }
   echo "$url" >"$url_file"

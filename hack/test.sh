@@ -49,4 +49,15 @@ export KUBECONFIG=$root/.dev/kubeconfig
 step "tests"
 cargo test --workspace --locked --no-fail-fast -- --include-ignored --skip bench_ \
   --test-threads "${TEST_THREADS:-4}"
+# The clean stop, proven: after `down`, nothing of the node may remain on this machine (no
+# processes or shims, mounts, network namespaces, veths, bridge, KUBE-* chains, cgroups).
+if ((started)); then
+  step "clean stop"
+  started=0
+  hack/cluster.sh down
+  if ! hack/node.sh leftovers; then
+    echo "hack/cluster.sh down left the above behind" >&2
+    exit 1
+  fi
+fi
 step "done"

@@ -60,7 +60,10 @@ async fn deployment_is_reconciled_scheduled_and_ready() {
                 "spec": {
                     "nodeSelector": {"kubernetes.io/hostname": node},
                     "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
-                    "containers": [{"name": "web", "image": "example.invalid/web:1"}]
+                    // The test namespace enforces Pod Security `restricted`.
+                    "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [{"name": "web", "image": "example.invalid/web:1",
+                        "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}}]
                 }
             }
         }

@@ -36,7 +36,10 @@ const LOAD_MAX_REQUESTS: usize = 200_000;
 
 fn infer_once(addr: SocketAddr) -> (u16, String) {
     let attempt = || -> Option<(u16, String)> {
-        assert!(testkit::is_local_cluster_address(addr.ip()), "the load generator only talks to this machine");
+        assert!(
+            testkit::is_local_cluster_address(addr.ip()),
+            "the load generator only talks to this machine"
+        );
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
         s.set_write_timeout(Some(Duration::from_secs(3))).ok()?;
