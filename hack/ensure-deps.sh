@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks for `make test` and `make demo`: Debian packages
 # (openssl for the local PKI, prometheus for analysis, shellcheck for the scripts, umoci,
-# mmdebstrap and containerd's ctr for the local images) and checks the toolchains.
+# mmdebstrap and containerd's ctr for the local images; containerd, runc, the CNI plugins,
+# iptables and conntrack for the local node) and checks the toolchains.
 # Everything else is built from Go modules or crates by the other scripts.
 set -euo pipefail
 missing=()
@@ -24,6 +25,15 @@ command -v gcc >/dev/null || missing+=(gcc)
 command -v strip >/dev/null || missing+=(binutils)
 [[ -f /usr/lib/x86_64-linux-gnu/libc.a ]] || missing+=(libc6-dev)
 command -v flock >/dev/null || missing+=(util-linux)
+# The local node (hack/node.sh): containerd and runc run the pods, the CNI plugins wire them
+# to the bridge, iptables/conntrack for kube-proxy and the network guard, ip for the bridge.
+command -v containerd >/dev/null || missing+=(containerd)
+command -v runc >/dev/null || missing+=(runc)
+[[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local && -x /usr/lib/cni/portmap ]] || missing+=(containernetworking-plugins)
+command -v iptables >/dev/null || missing+=(iptables)
+command -v conntrack >/dev/null || missing+=(conntrack)
+command -v ip >/dev/null || missing+=(iproute2)
+command -v sysctl >/dev/null || missing+=(procps)
 if ((${#missing[@]})); then
   echo "[deps] installing ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
