@@ -1,5 +1,5 @@
-//! Load generator: a small blocking HTTP/1.1 client on loopback, one connection per request
-//! (the local Service proxy balances connections), bounded in time and in requests.
+//! Load generator: a small blocking HTTP/1.1 client to a Service's ClusterIP, one connection
+//! per request (kube-proxy balances connections), bounded in time and in requests.
 
 use std::{
     collections::BTreeMap,

@@ -1,11 +1,11 @@
 //! Shared harness of the InferenceService end-to-end tests (`inference_promotion.rs`,
-//! `inference_rollback.rs`, `inference_bench.rs`): real `mlops-runtime serve` processes run
-//! by the local node, scraped every 2 s by the local Prometheus, real inference traffic sent
-//! by the test through the Service's loopback address, and an operator scoped to the test
-//! namespace.
+//! `inference_rollback.rs`, `inference_bench.rs`): real `mlops-runtime serve` pods (the
+//! runtime image on the local node), scraped every 2 s by the local Prometheus, real
+//! inference traffic sent by the test to the Service's ClusterIP (kube-proxy), and an
+//! operator scoped to the test namespace.
 //!
-//! Each test trains the iris model once with `mlops-runtime train` into
-//! `/tmp/mlops-e2e/<namespace>/` and imports ModelVersions that point at it (no gates: the
+//! Each test trains the iris model once with `mlops-runtime train` into its work claim
+//! (`pvc://work/model.json`) and imports ModelVersions that point at it (no gates: the
 //! ModelVersion controller validates them as imported). Bad versions get the test-only
 //! `mlops.dev/test-fault-env` annotation, which the controller copies into that version's
 //! server pods only.
