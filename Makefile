@@ -64,3 +64,7 @@ bench-runtime: ## serve iris with mlops-runtime and with MLServer, same load, si
 .PHONY: bench-rollback
 bench-rollback: ## time from fault onset to all traffic on stable, 10 runs, beside the floor
 	bench/rollback.sh
+
+.PHONY: bench-pod-ready
+bench-pod-ready: ## pod create -> Ready on the local node (kubelet + containerd), 10 in a row and 10 at once
+	bench/pod-ready.sh

@@ -142,18 +142,24 @@ async fn a_private_s3_artifact_is_served_with_the_runtime_credentials_and_refuse
 
     // Without credentials the bucket refuses the download: the server exits, its pod
     // restarts, and the service is not Ready and says its pods are the problem.
-    let pod = wait_until(LONG, "the anonymous server's pod to restart", || async {
-        let pods = pods_of(&env, "anonymous").await;
-        let restarts: i32 = pods
-            .iter()
-            .flat_map(|p| p.status.as_ref().and_then(|s| s.container_statuses.clone()).unwrap_or_default())
-            .map(|c| c.restart_count)
-            .sum();
-        (restarts >= 2).then(|| pods[0].name_any())
+    // The kubelet keeps the previous run's log while it restarts the container; a read can
+    // meet a restart in progress, so read again until a restarted pod shows the refusal.
+    wait_until(LONG, "a restarted anonymous server whose previous run logged the 403", || async {
+        for pod in pods_of(&env, "anonymous").await {
+            let restarted = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.restart_count >= 1));
+            if restarted
+                && output_text(&env.kubectl(&["logs", &pod.name_any(), "--previous"], None)).contains("403")
+            {
+                return Some(());
+            }
+        }
+        None
     })
     .await;
-    let log = env.kubectl(&["logs", &pod, "--previous"], None);
-    assert!(output_text(&log).contains("403"), "refused by the bucket: {}", output_text(&log));
     let anonymous = wait_for(&isvcs, "anonymous", SHORT, "Ready=False, PodsFailing", |i| {
         let conds = i.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
         cond::find(&conds, cond::READY).is_some_and(|c| c.status == "False" && c.reason == "PodsFailing")
