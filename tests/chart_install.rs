@@ -21,6 +21,7 @@ use std::{
 use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod};
 use kube::{Api, ResourceExt, api::ListParams};
 use mlops_operator::api::{InferenceService, ModelVersion, conditions as cond};
+use serde_json::json;
 use testkit::{
     TestEnv, install_crds, output_text, repo_root, wait_condition, wait_for, wait_until, work_iris,
 };
@@ -143,19 +144,11 @@ async fn the_chart_installs_runs_the_loop_upgrades_and_uninstalls_cleanly() {
     // Retrain → canary under traffic → promote.
     let stop = Arc::new(AtomicBool::new(false));
     let load = traffic(addr.clone(), stop.clone());
-    let out = env.kubectl(
-        &[
-            "patch",
-            "trainingjob",
-            "iris",
-            "--type",
-            "merge",
-            "-p",
-            r#"{"spec":{"hyperparameters":{"algorithm":"random_forest"}}}"#,
-        ],
-        None,
+    env.merge_patch(
+        "trainingjob",
+        "iris",
+        &json!({"spec": {"hyperparameters": {"algorithm": "random_forest"}}}),
     );
-    assert!(out.status.success(), "{}", output_text(&out));
     wait_for(&isvcs, "iris", LONG, "iris-r2 promoted", |i| {
         i.status.as_ref().is_some_and(|s| {
             s.canary.is_none() && s.stable.as_ref().is_some_and(|st| st.version == "iris-r2")

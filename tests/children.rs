@@ -23,8 +23,7 @@ fn apply(env: &TestEnv, doc: &Value) {
 }
 
 fn patch(env: &TestEnv, name: &str, patch: &Value) {
-    let out = env.kubectl(&["patch", "isvc", name, "--type", "merge", "-p", &patch.to_string()], None);
-    assert!(out.status.success(), "kubectl patch: {}", output_text(&out));
+    env.merge_patch("isvc", name, patch);
 }
 
 /// A validated version of model `iris` (no gates: valid as imported).

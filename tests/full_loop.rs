@@ -56,19 +56,11 @@ async fn train_validate_serve_infer_then_retrain_and_promote() {
     assert_eq!(answer["outputs"][0]["data"], json!(["setosa", "virginica"]));
 
     // Retrain: a new generation gives iris-r2, canaried under traffic and promoted.
-    let out = env.kubectl(
-        &[
-            "patch",
-            "trainingjob",
-            "iris",
-            "--type",
-            "merge",
-            "-p",
-            r#"{"spec":{"hyperparameters":{"algorithm":"random_forest"}}}"#,
-        ],
-        None,
+    env.merge_patch(
+        "trainingjob",
+        "iris",
+        &json!({"spec": {"hyperparameters": {"algorithm": "random_forest"}}}),
     );
-    assert!(out.status.success(), "{}", output_text(&out));
     // Traffic until the promotion is seen (bounded in time): the analysis needs requests
     // to measure, and the answers show both versions serving during the canary.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

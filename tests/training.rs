@@ -410,10 +410,6 @@ async fn a_suspended_training_job_starts_nothing_until_resumed() {
         env.api::<Job>().list(&ListParams::default()).await.unwrap().items.is_empty(),
         "no Job while suspended"
     );
-    let out = env.kubectl(
-        &["patch", "trainingjob", "paused", "--type", "merge", "-p", r#"{"spec":{"suspend":false}}"#],
-        None,
-    );
-    assert!(out.status.success(), "{}", output_text(&out));
+    env.merge_patch("trainingjob", "paused", &json!({"spec": {"suspend": false}}));
     wait_condition(&tjs, "paused", cond::SUCCEEDED, "True", TRAINING).await;
 }

@@ -171,6 +171,13 @@ impl TestEnv {
         kubectl_in(Some(&self.namespace), args, stdin)
     }
 
+    /// `kubectl patch <resource> <name> --type merge -p <patch>` in the test's namespace;
+    /// panics with kubectl's output when refused.
+    pub fn merge_patch(&self, resource: &str, name: &str, patch: &serde_json::Value) {
+        let out = self.kubectl(&["patch", resource, name, "--type", "merge", "-p", &patch.to_string()], None);
+        assert!(out.status.success(), "kubectl patch {resource} {name}: {}", output_text(&out));
+    }
+
     /// Waits until an Event with `reason` whose note contains `text` exists in the test's
     /// namespace and returns it. Events are written after the status they report, so a
     /// test that has seen the status must still wait for its Event. The panic on timeout
