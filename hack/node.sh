@@ -325,9 +325,12 @@ node_pids() {
     /sys/fs/cgroup/*/kubepods/*/*/cgroup.procs /sys/fs/cgroup/*/kubepods/*/*/*/cgroup.procs 2>/dev/null || true
 }
 
+# Mounts of ours: below .dev/ (containerd's root and state, the kubelet's root), the
+# kubelet's global folder, and the pods' network namespaces (the CNI names them cni-*);
+# nothing another tool mounted.
 our_mounts() {
-  awk -v a="$dev/" -v b="/var/lib/kubelet" -v c="/run/netns/" -v d="/run/containerd" \
-    '{ if (index($2, a) == 1 || index($2, b) == 1 || index($2, c) == 1 || index($2, d) == 1) print $2 }' /proc/self/mounts
+  awk -v a="$dev/" -v b="/var/lib/kubelet" -v c="/run/netns/cni-" \
+    '{ if (index($2, a) == 1 || index($2, b) == 1 || index($2, c) == 1) print $2 }' /proc/self/mounts
 }
 
 down() {
