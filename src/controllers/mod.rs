@@ -8,6 +8,8 @@ pub mod inference_service;
 #[cfg(test)]
 pub mod mock_api;
 pub mod model_version;
+pub mod names;
+pub mod ownership;
 pub mod pod_security;
 pub mod training_job;
 
@@ -186,6 +188,9 @@ pub enum Error {
     Child { step: &'static str, kind: String, name: String, source: Box<kube::Error> },
     #[error("serializing an object: {0}")]
     Serialize(#[from] serde_json::Error),
+    /// Children's names held by objects the owner does not control: nothing was written.
+    #[error("{}", ownership::describe(owner_kind, conflicts))]
+    ChildConflict { owner_kind: String, conflicts: Vec<ownership::Conflict> },
 }
 
 impl Error {
@@ -249,6 +254,7 @@ impl Error {
             }
             Error::Child { .. } => "child_error",
             Error::Serialize(_) => "serialize",
+            Error::ChildConflict { .. } => "child_conflict",
         }
     }
 }

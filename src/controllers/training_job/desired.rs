@@ -25,7 +25,7 @@ use crate::{
         self, Gate, TrainingJob,
         training_job::{DEFAULT_MASTER_PORT, DataValidation, OutlierMethod, RunTrigger, Source, Split},
     },
-    controllers::pod_security,
+    controllers::{names, pod_security},
 };
 
 /// Name of the trainer container (also the one looked up in a user's pod template).
@@ -84,9 +84,19 @@ pub enum SpecError {
     InvalidLabel(String),
 }
 
-/// `<trainingjob>-r<number>`: the run's id, Job name and ModelVersion name.
+/// `<trainingjob>-r<number>`: the run's id, Job name and ModelVersion name. No two
+/// TrainingJobs share one: the number is the name's trailing digits and the TrainingJob's
+/// name what stands before `-r`. Nor is one a dataset check's (`<trainingjob>-dc-<seconds>`,
+/// whose trailing digits follow a `-`, not an `r`).
 pub fn run_name(tj_name: &str, number: i64) -> String {
     format!("{tj_name}-r{number}")
+}
+
+/// The headless Service a distributed run's workers resolve each other through:
+/// `<run>-<hash>` ([`names`]), not the run's own name, which an InferenceService named after
+/// a version (`iris-r1`) would hold for its Service.
+pub fn rendezvous_service_name(run: &str) -> String {
+    names::unique(run, &["rendezvous", run], 63)
 }
 
 /// Labels shared by every child of a TrainingJob run.
@@ -146,7 +156,7 @@ pub fn desired_job(tj: &TrainingJob, run: &RunRef) -> Result<Job, SpecError> {
         // Indexed Job pods get the hostname `<job>-<index>`; with `subdomain` set to the
         // headless Service they resolve as `<job>-<index>.<service>`.
         if let Some(spec) = pod.spec.as_mut() {
-            spec.subdomain = Some(run.name.clone());
+            spec.subdomain = Some(rendezvous_service_name(&run.name));
         }
     }
     let recipe = serde_json::to_string(&recipe(tj, run)).unwrap_or_default();
@@ -228,7 +238,7 @@ pub fn desired_service(tj: &TrainingJob, run: &RunRef) -> Option<Service> {
     let labels = run_labels(tj, &run.name);
     Some(Service {
         metadata: ObjectMeta {
-            name: Some(run.name.clone()),
+            name: Some(rendezvous_service_name(&run.name)),
             namespace: tj.namespace(),
             labels: Some(labels),
             owner_references: Some(vec![owner(tj)]),
@@ -410,7 +420,7 @@ pub fn contract_env(tj: &TrainingJob, run: &RunRef, dataset_uri: &str, output_ur
             literal("WORLD_SIZE", spec.workers.to_string()),
             from_field("RANK", "metadata.annotations['batch.kubernetes.io/job-completion-index']"),
             from_field(trainer_env::RANK, "metadata.annotations['batch.kubernetes.io/job-completion-index']"),
-            literal("MASTER_ADDR", format!("{}-0.{}", run.name, run.name)),
+            literal("MASTER_ADDR", format!("{}-0.{}", run.name, rendezvous_service_name(&run.name))),
             literal("MASTER_PORT", DEFAULT_MASTER_PORT.to_string()),
         ]);
     }

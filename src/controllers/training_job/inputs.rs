@@ -14,7 +14,7 @@ use kube::{Api, ResourceExt, api::ListParams};
 use super::{data_check, desired, triggers, triggers::Reading};
 use crate::{
     api::{self, InferenceService, ModelVersion, TrainingJob},
-    controllers::{Context, Error, Result},
+    controllers::{Context, Error, Result, ownership::controlled_by},
     rollout::Sample,
 };
 
@@ -69,11 +69,15 @@ pub async fn fetch(ctx: &Context, tj: &TrainingJob, now: Timestamp) -> Result<In
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let versions_api: Api<ModelVersion> = Api::namespaced(ctx.client.clone(), &ns);
     let selector = format!("{}={}", api::LABEL_TRAINING_JOB, tj.name_any());
+    let uid = tj.uid().unwrap_or_default();
+    // Our labels are a filter, not a proof: a Job is the TrainingJob's only under its
+    // controller reference (a Job labelled alike is neither followed as a run nor pruned).
     let (checks, runs): (Vec<Job>, Vec<Job>) = jobs_api
         .list(&ListParams::default().labels(&selector))
         .await
         .map_err(|e| Error::child("list", "Job", &selector, e))?
         .into_iter()
+        .filter(|j| controlled_by(&j.metadata, &uid))
         .partition(data_check::is_data_check);
     let mut inputs = Inputs {
         jobs: runs.into_iter().map(|j| (j.name_any(), j)).collect(),
@@ -91,7 +95,7 @@ pub async fn fetch(ctx: &Context, tj: &TrainingJob, now: Timestamp) -> Result<In
         if recorded_finished(&name) {
             continue;
         }
-        inputs.pods.insert(name.clone(), trainer_outcome(&pods_api, &name).await?);
+        inputs.pods.insert(name.clone(), trainer_outcome(&pods_api, job).await?);
         if finished(job) == Some(true)
             && let Some(existing) = versions_api
                 .get_opt(&name)
@@ -118,7 +122,7 @@ pub async fn fetch(ctx: &Context, tj: &TrainingJob, now: Timestamp) -> Result<In
         inputs.dataset_file = Some(file_digest(path).await);
     }
     for job in checks.iter().filter(|j| data_check::is_finished(j)) {
-        inputs.pods.insert(job.name_any(), trainer_outcome(&pods_api, &job.name_any()).await?);
+        inputs.pods.insert(job.name_any(), trainer_outcome(&pods_api, job).await?);
     }
     inputs.checks = checks;
 
@@ -206,13 +210,16 @@ pub fn hash_file(path: &std::path::Path) -> Result<String, String> {
 
 /// What the trainer container (or a check Job's only container) of a finished Job's pods
 /// left: the succeeded pod of index 0 (or any succeeded pod) when there is one, else the
-/// most recently failed pod.
-async fn trainer_outcome(pods: &Api<Pod>, job: &str) -> Result<PodOutcome> {
-    let selector = format!("{}={job}", desired::LABEL_JOB_NAME);
-    let list = pods
+/// most recently failed pod. Only the Job's own pods (under its controller reference): a
+/// pod that merely carries the Job's name label cannot hand in a result.
+async fn trainer_outcome(pods: &Api<Pod>, job: &Job) -> Result<PodOutcome> {
+    let selector = format!("{}={}", desired::LABEL_JOB_NAME, job.name_any());
+    let uid = job.uid().unwrap_or_default();
+    let mut list = pods
         .list(&ListParams::default().labels(&selector))
         .await
         .map_err(|e| Error::child("list", "Pod", &selector, e))?;
+    list.items.retain(|p| controlled_by(&p.metadata, &uid));
     let phase = |p: &Pod| p.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
     let index = |p: &Pod| p.annotations().get("batch.kubernetes.io/job-completion-index").cloned();
     let mut candidates: Vec<&Pod> = list.items.iter().filter(|p| phase(p) == "Succeeded").collect();

@@ -30,7 +30,7 @@ use kube::{
 };
 use tracing::{info, instrument};
 
-use super::{Context, Error, Result, apply::Applier, apply_status};
+use super::{Context, Error, Result, apply::Applier, apply_status, ownership::Owner};
 use crate::api::{
     self, ModelVersion, TrainingJob,
     training_job::{RunOutcome, TriggerType},
@@ -105,7 +105,7 @@ async fn reconcile_pass(tj: &TrainingJob, ctx: &Context, now: Timestamp) -> Resu
     let mut outcome = plan::plan(&tj, &inputs, now);
 
     let selector = format!("{}={}", api::LABEL_TRAINING_JOB, tj.name_any());
-    let applier = Applier::new(ctx.client.clone(), &ns, tj.uid().as_deref().unwrap_or_default(), &selector);
+    let applier = Applier::new(ctx.client.clone(), &ns, Owner::of(&tj), &selector);
     let kinds = [ApiResource::erase::<Job>(&()), ApiResource::erase::<Service>(&())];
     // The Jobs were read in full with the same selector: only Services are listed.
     applier.observed(inputs.jobs.values().chain(&inputs.checks));
@@ -131,7 +131,12 @@ async fn reconcile_pass(tj: &TrainingJob, ctx: &Context, now: Timestamp) -> Resu
     }
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     for (job, suspend) in &outcome.suspend {
-        let patch = serde_json::json!({"spec": {"suspend": suspend}});
+        // The UID binds the patch to the Job the pass read (one of ours), not to whatever
+        // holds its name by the time it is sent.
+        let mut patch = serde_json::json!({"spec": {"suspend": suspend}});
+        if let Some(uid) = inputs.jobs.get(job).and_then(|j| j.uid()) {
+            patch["metadata"] = serde_json::json!({"uid": uid});
+        }
         jobs.patch(job, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .map_err(|e| Error::child("suspend", "Job", job, e))?;

@@ -68,8 +68,12 @@ impl Refusal {
 
 /// Whether `mv` is the version run `run` of `tj` made (a retried reconcile finds it after
 /// a 409): its `mlops.dev/run` and `mlops.dev/training-job` labels, its owner, or its
-/// lineage name them.
-pub fn made_by(mv: &ModelVersion, tj: &TrainingJob, run: &str) -> bool {
+/// lineage name them, and it was created no earlier than the run's `job`. Names and labels
+/// alone would also fit a version an earlier TrainingJob of the same name made (deleted and
+/// re-created, it numbers its runs from 1 again), or one made ahead to pass for the run's:
+/// both exist before the run's Job, and the run's own version is only made once the Job
+/// has completed.
+pub fn made_by(mv: &ModelVersion, tj: &TrainingJob, run: &str, job: &Job) -> bool {
     let labels = mv.labels();
     let by_labels = labels.get(api::LABEL_RUN).is_some_and(|r| r == run)
         && labels.get(api::LABEL_TRAINING_JOB).is_some_and(|t| *t == tj.name_any());
@@ -77,7 +81,11 @@ pub fn made_by(mv: &ModelVersion, tj: &TrainingJob, run: &str) -> bool {
     let by_lineage = mv.spec.lineage.as_ref().is_some_and(|l| {
         l.run.as_deref() == Some(run) && l.training_job.as_deref() == Some(tj.name_any().as_str())
     });
-    by_labels || by_owner || by_lineage
+    let since_the_job = match (&mv.metadata.creation_timestamp, &job.metadata.creation_timestamp) {
+        (Some(made), Some(started)) => made.0 >= started.0,
+        _ => false,
+    };
+    (by_labels || by_owner || by_lineage) && since_the_job
 }
 
 /// A produced ModelVersion's `Validated` condition.

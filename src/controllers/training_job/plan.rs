@@ -2,7 +2,10 @@
 //! ([`Inputs`]) and the time, to the [`Outcome`]: the children to apply and keep, the
 //! ModelVersions to create, the new status, the Events and when to look again.
 
-use std::{collections::BTreeSet, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
 use k8s_openapi::{
     api::{batch::v1::Job, core::v1::Service},
@@ -100,22 +103,25 @@ fn key<K: Resource<DynamicType = ()>>(name: &str) -> (String, String) {
 /// removed by their own `ttlSecondsAfterFinished`), a run's headless Service as long as
 /// its Job is there (the pods it names may still be read), and the dataset checks still
 /// running. A Job whose run fell out of the bounded history, the Service of a run whose
-/// Job is gone, and a check whose reading was taken are deleted.
+/// Job is gone, and a check whose reading was taken are deleted. `jobs_present` maps each
+/// present Job to the Service its pods resolve through (their `subdomain`): the one it was
+/// started with, whatever the name of a new run's Service is now.
 pub fn keep_set(
     status: &TrainingJobStatus,
-    jobs_present: &BTreeSet<String>,
+    jobs_present: &BTreeMap<String, Option<String>>,
     running_checks: &[String],
 ) -> BTreeSet<(String, String)> {
     let mut keep: BTreeSet<_> = status.runs.iter().map(|r| key::<Job>(&r.job_name)).collect();
     keep.extend(
-        status
-            .runs
-            .iter()
-            .filter(|r| jobs_present.contains(&r.job_name))
-            .map(|r| key::<Service>(&r.job_name)),
+        status.runs.iter().filter_map(|r| jobs_present.get(&r.job_name)?.as_deref()).map(key::<Service>),
     );
     keep.extend(running_checks.iter().map(|n| key::<Job>(n)));
     keep
+}
+
+/// The Service a Job's pods resolve each other through, if any.
+fn rendezvous_service(job: &Job) -> Option<String> {
+    job.spec.as_ref()?.template.spec.as_ref()?.subdomain.clone()
 }
 
 /// Computes the pass.
@@ -308,8 +314,16 @@ pub fn plan(tj: &TrainingJob, inputs: &Inputs, now: Timestamp) -> Outcome {
     if let Some(mv) = status.runs.iter().rev().find_map(|r| r.model_version.clone()) {
         status.latest_model_version = Some(mv);
     }
-    let present: BTreeSet<String> =
-        inputs.jobs.keys().cloned().chain(plan.started.as_ref().map(|r| r.name.clone())).collect();
+    let started = plan.started.as_ref().map(|run| {
+        let service = (tj.spec.workers > 1).then(|| desired::rendezvous_service_name(&run.name));
+        (run.name.clone(), service)
+    });
+    let present: BTreeMap<String, Option<String>> = inputs
+        .jobs
+        .iter()
+        .map(|(name, job)| (name.clone(), rendezvous_service(job)))
+        .chain(started)
+        .collect();
     plan.keep = keep_set(&status, &present, &check.running);
 
     // 4. Conditions, and an Event on the way into a spec stall (or to another spec
@@ -436,7 +450,7 @@ fn follow(run: &mut RunRecord, job: &Job, inputs: &Inputs, now: &Time, plan: &mu
                 // pass made before (its status write failed); any other is not ours.
                 let mv = model_version(tj, run, job, &res, pod, now);
                 let exists = inputs.versions.get(&run.name);
-                if let Some(existing) = exists.filter(|v| !made_by(v, tj, &run.name)) {
+                if let Some(existing) = exists.filter(|v| !made_by(v, tj, &run.name, job)) {
                     let refusal = Refusal::name_taken(existing, tj, &run.name);
                     finish(run, RunOutcome::Failed, refusal.reason, refusal.message, now);
                     return;

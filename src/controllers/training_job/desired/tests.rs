@@ -285,11 +285,13 @@ fn several_workers_are_an_indexed_job_behind_a_headless_service() {
     let spec = job.spec.as_ref().unwrap();
     assert_eq!((spec.completions, spec.parallelism), (Some(3), Some(3)));
     assert_eq!(spec.completion_mode.as_deref(), Some("Indexed"));
-    assert_eq!(pod_spec(&job).subdomain.as_deref(), Some("iris-r3"));
+    let service = rendezvous_service_name("iris-r3");
+    assert!(service.starts_with("iris-r3-"), "{service}");
+    assert_eq!(pod_spec(&job).subdomain.as_deref(), Some(service.as_str()));
     let c = trainer(&job);
     assert_eq!(value(c, "MLOPS_WORKERS"), Some("3"));
     assert_eq!(value(c, "WORLD_SIZE"), Some("3"));
-    assert_eq!(value(c, "MASTER_ADDR"), Some("iris-r3-0.iris-r3"));
+    assert_eq!(value(c, "MASTER_ADDR"), Some(format!("iris-r3-0.{service}").as_str()));
     assert_eq!(value(c, "MASTER_PORT"), Some("29500"));
     for rank in ["RANK", "MLOPS_RANK"] {
         let field = env(c, rank).and_then(|e| e.value_from.as_ref()?.field_ref.as_ref()).unwrap();
@@ -297,7 +299,7 @@ fn several_workers_are_an_indexed_job_behind_a_headless_service() {
     }
 
     let svc = desired_service(&tj, &run()).unwrap();
-    assert_eq!(svc.metadata.name.as_deref(), Some("iris-r3"));
+    assert_eq!(svc.metadata.name.as_deref(), Some(service.as_str()));
     assert_eq!(svc.metadata.owner_references.as_ref().unwrap()[0].uid, "u1");
     let s = svc.spec.unwrap();
     assert_eq!(s.cluster_ip.as_deref(), Some("None"));

@@ -266,6 +266,7 @@ fn condition<'a>(p: &'a Outcome, type_: &str) -> &'a api::conditions::Condition 
 /// A finished Job of `run`: `Complete`, or `Failed` with the Job controller's reason.
 fn finished(tj: &TrainingJob, run: &RunRef, failed: Option<(&str, &str)>) -> Job {
     let mut j = job(tj, run, None);
+    j.metadata.creation_timestamp = Some(at(0));
     j.status = Some(JobStatus {
         active: Some(0),
         start_time: Some(at(1)),
@@ -549,8 +550,13 @@ fn the_keep_set_holds_recorded_runs_active_services_and_running_checks() {
         runs: vec![record(2, RunOutcome::Succeeded), record(3, RunOutcome::Running)],
         ..TrainingJobStatus::default()
     };
-    // iris-r2's Job is still there (its TTL has not passed), iris-r3's is running.
-    let jobs = BTreeSet::from(["iris-r2".to_string(), "iris-r3".to_string()]);
+    // iris-r2's Job is still there (its TTL has not passed), iris-r3's is running; both are
+    // distributed, iris-r2 from before rendezvous Services were named apart from runs.
+    let service = |name: &str| Some(name.to_string());
+    let jobs = BTreeMap::from([
+        ("iris-r2".to_string(), service("iris-r2")),
+        ("iris-r3".to_string(), service(&desired::rendezvous_service_name("iris-r3"))),
+    ]);
     let keep = keep_set(&status, &jobs, &["iris-dc-100".to_string()]);
     let k = |kind: &str, name: &str| (kind.to_string(), name.to_string());
     assert_eq!(
@@ -560,12 +566,12 @@ fn the_keep_set_holds_recorded_runs_active_services_and_running_checks() {
             k("Job", "iris-r2"),
             k("Service", "iris-r2"),
             k("Job", "iris-r3"),
-            k("Service", "iris-r3"),
+            k("Service", &desired::rendezvous_service_name("iris-r3")),
             k("Job", "iris-dc-100"),
         ])
     );
     // The TTL removed iris-r2's Job: its Service goes too, its record stays.
-    let jobs = BTreeSet::from(["iris-r3".to_string()]);
+    let jobs = BTreeMap::from([("iris-r3".to_string(), None)]);
     let keep = keep_set(&status, &jobs, &[]);
     assert!(keep.contains(&k("Job", "iris-r2")) && !keep.contains(&k("Service", "iris-r2")));
     // iris-r1 fell out of the history and a finished check was read: neither is kept.
