@@ -184,8 +184,8 @@ impl Applier {
     /// Server-side applies `child` with the operator's field manager, taking the fields it
     /// sends, unless the observed child already carries them ([`up_to_date`]). Returns
     /// whether it wrote. Only after [`Applier::claim`]: the write is bound to what the
-    /// claim saw at the name (the object's UID, or a UID no object has when the name was
-    /// free), so an object someone put there since fails the write instead of taking it.
+    /// claim saw at the name (our object, or no object), so an object someone put there
+    /// since fails the write instead of being taken.
     pub async fn apply(&self, child: &Child) -> Result<bool> {
         let name = child.name();
         let (mut object, digest) = with_digest(child)?;
@@ -202,10 +202,14 @@ impl Applier {
         if current.as_ref().is_some_and(|m| up_to_date(m, &digest)) {
             return Ok(false);
         }
-        object.metadata.uid = Some(match current.and_then(|m| m.uid) {
-            Some(uid) => uid,
-            None => unused_uid(&self.owner, &child.resource.kind, &name),
-        });
+        // Bound to what the claim saw. An object of ours is named by its UID: if it was
+        // replaced since, the API server refuses to change the UID. A free name is applied
+        // with a resourceVersion no object has: the API server ignores it when it creates,
+        // and answers 409 Conflict if an object took the name meanwhile.
+        match current.and_then(|m| m.uid) {
+            Some(uid) => object.metadata.uid = Some(uid),
+            None => object.metadata.resource_version = Some(NO_OBJECT_RESOURCE_VERSION.into()),
+        }
         let params = PatchParams::apply(FIELD_MANAGER).force();
         self.api(&child.resource)
             .patch(&name, &params, &Patch::Apply(&object))
@@ -296,17 +300,8 @@ fn owns_body_fields(entry: &ManagedFieldsEntry) -> bool {
     fields.keys().any(|k| k != "f:metadata" && k != ".")
 }
 
-/// A UID in the form the API server uses that no object has: applied to a free name, it
-/// lets the create through (the API server gives the new object its own UID) but fails the
-/// write if an object took the name meanwhile, since that object's UID differs.
-fn unused_uid(owner: &Owner, kind: &str, name: &str) -> String {
-    use sha2::Digest;
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
-    let seed = format!("{}/{kind}/{name}/{nanos}", owner.uid);
-    let h = hex::encode(&sha2::Sha256::digest(seed.as_bytes())[..16]);
-    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
-}
+/// A resourceVersion no object has: the last revision a store could count to.
+const NO_OBJECT_RESOURCE_VERSION: &str = "18446744073709551615";
 
 /// The keep set for [`Applier::prune`] from the children just applied.
 pub fn keys<'a>(children: impl IntoIterator<Item = &'a Child>) -> BTreeSet<(String, String)> {
@@ -350,6 +345,13 @@ impl Failure {
         };
         let (reason, stalled) = match status {
             Some(s) if s.code == 409 => return None,
+            // Our child was replaced by another object since the pass read it (the apply is
+            // bound to its UID): the next pass reads the newcomer and reports the conflict.
+            Some(s)
+                if s.code == 422 && s.message.contains("metadata.uid") && s.message.contains("immutable") =>
+            {
+                return None;
+            }
             Some(s) if s.code == 422 || s.code == 400 => (REASON_CHILD_REJECTED, true),
             // A server-side apply whose object cannot be converted to its typed form (a
             // quantity such as `cpu: half`) is answered 500, though it is the object that
@@ -420,6 +422,8 @@ mod tests {
     #[test]
     fn conflicts_are_not_failures_and_transport_errors_are_retried() {
         assert_eq!(Failure::of(&Error::Kube(api_error(409, "conflict"))), None);
+        let replaced = "Service \"iris\" is invalid: metadata.uid: Invalid value: \"u\": field is immutable";
+        assert_eq!(Failure::of(&Error::child("apply", "Service", "iris", api_error(422, replaced))), None);
         let f = Failure::of(&Error::Kube(api_error(500, "etcd timeout"))).unwrap();
         assert_eq!((f.reason, f.stalled), (REASON_RECONCILE_FAILED, false));
         let f = Failure::of(&Error::Kube(api_error(403, "forbidden"))).unwrap();
@@ -572,7 +576,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_free_name_is_applied_bound_to_a_uid_no_object_has() {
+    async fn a_free_name_is_applied_bound_to_a_resource_version_no_object_has() {
         use crate::controllers::mock_api::{self, Call};
         let (client, log) = mock_api::client(move |call: &Call| match call.method.as_str() {
             "GET" if call.line().ends_with("/services") => mock_api::list("Service", vec![]),
@@ -593,7 +597,8 @@ mod tests {
             ]
         );
         let writes = mock_api::writes(&log);
-        let uid = writes[0].body.as_ref().unwrap()["metadata"]["uid"].as_str().unwrap().to_string();
-        assert_eq!(uid.len(), 36, "a UID in the API server's form: {uid}");
+        let meta = &writes[0].body.as_ref().unwrap()["metadata"];
+        assert_eq!(meta["resourceVersion"], NO_OBJECT_RESOURCE_VERSION, "created, or refused if taken since");
+        assert!(meta.get("uid").is_none(), "{meta}");
     }
 }
