@@ -43,6 +43,8 @@ pub struct Context {
     pub watch_namespace: Option<String>,
     /// The reference runtime image, which runs the data trigger's dataset checks.
     pub runtime_image: String,
+    /// Honour the `mlops.dev/test-fault-env` annotation (tests and demos only).
+    pub fault_injection: bool,
     /// Consecutive failed reconciles per object, for exponential backoff, and the last
     /// failure's message (a Warning Event is published once per distinct failure).
     failures: Mutex<HashMap<String, (u32, String)>>,
@@ -56,6 +58,7 @@ impl Context {
         watch_namespace: Option<String>,
         prometheus_url: Option<&str>,
         runtime_image: String,
+        fault_injection: bool,
     ) -> Arc<Context> {
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(instance) };
         Arc::new(Context {
@@ -64,6 +67,7 @@ impl Context {
             metrics,
             watch_namespace,
             runtime_image,
+            fault_injection,
             prometheus: prometheus_url.map(crate::analysis::prometheus::Prometheus::new),
             failures: Mutex::default(),
         })
