@@ -2,7 +2,6 @@
 //! operator read a file, inject faults into serving, grow without bound, skip a service's
 //! validation or forge a training result. Each test asserts the absence of the harm.
 
-#[allow(dead_code)]
 mod inference_harness;
 
 use std::time::Duration;
