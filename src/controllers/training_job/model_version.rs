@@ -21,6 +21,11 @@ use crate::api::{
 
 /// result checks do not know of.
 pub const REASON_VERSION_REJECTED: &str = "ModelVersionRejected";
+/// Annotation on a produced ModelVersion: the UID of the TrainingJob that made it. Names
+/// and labels say which TrainingJob of that name; only the UID says which one, so that a
+/// TrainingJob deleted and re-created under the same name does not count (and prune) the
+/// earlier one's versions as its own.
+pub const ANNOTATION_TRAINING_JOB_UID: &str = "mlops.dev/training-job-uid";
 /// Run failure reason: a ModelVersion with the run's name exists and is not the run's.
 pub const REASON_VERSION_NAME_TAKEN: &str = "ModelVersionNameTaken";
 
@@ -165,6 +170,9 @@ pub fn model_version(
             name: Some(run.name.clone()),
             namespace: tj.namespace(),
             labels: Some(labels),
+            annotations: tj.uid().map(|uid| {
+                std::collections::BTreeMap::from([(ANNOTATION_TRAINING_JOB_UID.to_string(), uid)])
+            }),
             ..ObjectMeta::default()
         },
         spec: ModelVersionSpec {

@@ -9,6 +9,7 @@
 
 use kube::ResourceExt;
 
+use super::model_version::ANNOTATION_TRAINING_JOB_UID;
 use crate::api::{self, ModelVersion, TrainingJob, training_job::DEFAULT_RETENTION_KEEP_LAST};
 
 /// Versions kept besides those in use.
@@ -17,13 +18,17 @@ pub fn keep_last(tj: &TrainingJob) -> usize {
     n.unwrap_or(DEFAULT_RETENTION_KEEP_LAST).max(1) as usize
 }
 
-/// Whether `mv` is a version `tj` produced: its labels and its lineage both say so (a
-/// version someone imported is never ours to delete).
+/// Whether `mv` is a version `tj` produced: its labels and its lineage both say so, and it
+/// carries `tj`'s UID (a version someone imported, or one an earlier TrainingJob of the
+/// same name made, is never ours to delete; nor is one made before versions carried the
+/// UID).
 pub fn produced_by(mv: &ModelVersion, tj: &TrainingJob) -> bool {
     let name = tj.name_any();
     let labels = mv.labels();
     let lineage = mv.spec.lineage.as_ref();
-    labels.get(api::LABEL_TRAINING_JOB) == Some(&name)
+    let made_by = mv.annotations().get(ANNOTATION_TRAINING_JOB_UID);
+    tj.uid().is_some_and(|uid| made_by == Some(&uid))
+        && labels.get(api::LABEL_TRAINING_JOB) == Some(&name)
         && labels.get(api::LABEL_APP_MANAGED_BY).map(String::as_str) == Some(api::MANAGED_BY)
         && lineage.and_then(|l| l.training_job.as_deref()) == Some(name.as_str())
         && lineage.and_then(|l| l.run.as_deref()) == labels.get(api::LABEL_RUN).map(String::as_str)
@@ -60,7 +65,7 @@ mod tests {
     fn tj(keep: Option<i32>) -> TrainingJob {
         let mut tj: TrainingJob = serde_json::from_value(json!({
             "apiVersion": "mlops.dev/v1alpha1", "kind": "TrainingJob",
-            "metadata": {"name": "iris", "namespace": "ml"},
+            "metadata": {"name": "iris", "namespace": "ml", "uid": "tj-uid"},
             "spec": {"model": "iris", "dataset": {"uri": "pvc://d/iris.csv"},
                      "trainer": {"image": "t"}, "output": {"uri": "pvc://d/out"},
                      "modelVersion": {"retention": {"keepLast": keep}}}
@@ -78,6 +83,7 @@ mod tests {
             "apiVersion": "mlops.dev/v1alpha1", "kind": "ModelVersion",
             "metadata": {"name": name, "namespace": "ml",
                          "creationTimestamp": format!("2025-01-01T00:{run:02}:00Z"),
+                         "annotations": {ANNOTATION_TRAINING_JOB_UID: "tj-uid"},
                          "labels": {"mlops.dev/training-job": "iris", "mlops.dev/run": name,
                                     "app.kubernetes.io/managed-by": "mlops-operator"}},
             "spec": {"model": "iris", "artifact": {"uri": "pvc://d/out/m.json"},
@@ -106,6 +112,18 @@ mod tests {
         relabelled.metadata.labels.as_mut().unwrap().insert("mlops.dev/training-job".into(), "other".into());
         let versions = vec![imported, relabelled, version(3, json!({})), version(4, json!({}))];
         assert_eq!(expired(&tj(Some(1)), None, &versions), vec!["iris-r3"]);
+        // Named, labelled and with the lineage of `iris`, but made by an earlier TrainingJob
+        // of that name (another UID), or before versions carried the UID.
+        let mut earlier = version(5, json!({}));
+        earlier
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(ANNOTATION_TRAINING_JOB_UID.into(), "earlier".into());
+        let mut unmarked = version(6, json!({}));
+        unmarked.metadata.annotations = None;
+        assert!(expired(&tj(Some(1)), None, &[earlier, unmarked, version(7, json!({}))]).is_empty());
         let going = ModelVersion {
             metadata: kube::api::ObjectMeta {
                 deletion_timestamp: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(

@@ -16,7 +16,7 @@ use crate::{
     controllers::training_job::{
         desired,
         inputs::PodOutcome,
-        model_version::{REASON_VERSION_NAME_TAKEN, REASON_VERSION_REJECTED},
+        model_version::{ANNOTATION_TRAINING_JOB_UID, REASON_VERSION_NAME_TAKEN, REASON_VERSION_REJECTED},
         triggers::Reading,
     },
 };

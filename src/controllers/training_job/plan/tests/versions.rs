@@ -42,6 +42,8 @@ fn the_model_version_records_the_whole_lineage_of_what_ran() {
         (mv.metadata.name.as_deref(), mv.metadata.namespace.as_deref()),
         (Some("iris-r1"), Some("ml"))
     );
+    let made_by = mv.metadata.annotations.as_ref().and_then(|a| a.get(ANNOTATION_TRAINING_JOB_UID));
+    assert_eq!(made_by, tj.metadata.uid.as_ref(), "which TrainingJob of that name made it");
     let labels = mv.metadata.labels.clone().unwrap();
     for (k, v) in [
         ("team", "a"),
