@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use inference_harness::{
     SHORT, Setup, apply, condition, import_version, inference_service, load::infer_once, service_address,
-    setup, wait_serving,
+    settled, setup, wait_serving,
 };
 use k8s_openapi::api::{
     autoscaling::v2::HorizontalPodAutoscaler,
@@ -51,12 +51,13 @@ async fn check_users_objects(env: &TestEnv) {
 #[tokio::test]
 #[ignore = "end-to-end: needs the local cluster (make cluster-up); make test runs it"]
 async fn objects_a_user_made_under_the_names_it_wants_are_left_alone_and_outlive_it() {
-    let Setup { env, op: _op, uri, release: _release } = setup("ownership-foreign").await;
-    // The user's Service and autoscaler, made the way a user makes them.
+    let Setup { env, op, uri, release: _release } = setup("ownership-foreign").await;
+    // The user's Service and autoscaler, made the way a user makes them (a named port: a
+    // server-side apply over the Service would merge its own port in, not be refused).
     apply(
         &env,
         &json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "frontend"},
-                "spec": {"selector": {"app": "shop"}, "ports": [{"port": 80, "targetPort": 8080}]}}),
+                "spec": {"selector": {"app": "shop"}, "ports": [{"name": "web", "port": 80, "targetPort": 8080}]}}),
     );
     apply(
         &env,
@@ -67,6 +68,10 @@ async fn objects_a_user_made_under_the_names_it_wants_are_left_alone_and_outlive
     import_version(&env, &uri, "iris-v1", None).await;
     apply(&env, &inference_service("frontend", json!({"replicas": 1, "autoscaling": {"maxReplicas": 2}})));
 
+    // Once the operator has looked at the InferenceService and has nothing left to do, the
+    // user's objects are as the user made them.
+    settled(&env, &op, "frontend").await;
+    check_users_objects(&env).await;
     let isvcs: Api<InferenceService> = env.api();
     let refused = wait_for(&isvcs, "frontend", SHORT, "Ready=False, reason ChildConflict", |i| {
         i.status
@@ -84,7 +89,6 @@ async fn objects_a_user_made_under_the_names_it_wants_are_left_alone_and_outlive
     let event = env.wait_event("ChildConflict", "Service/frontend", SHORT).await;
     assert_eq!(event.type_.as_deref(), Some("Warning"));
     assert!(event.note.unwrap_or_default().contains("HorizontalPodAutoscaler/frontend"));
-    check_users_objects(&env).await;
 
     // The InferenceService goes; so does everything it controls, which the garbage
     // collector shows on a witness it controls (a ConfigMap made for that). The user's
