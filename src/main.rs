@@ -4,7 +4,14 @@
 //! and `/readyz`; `crd` prints the CustomResourceDefinitions generated from `api/`, and
 //! `rbac` the permissions the operator needs (from `rbac.rs`).
 
-use mlops_operator::{api, controllers, http, leader, metrics, rbac, telemetry};
+use mlops_operator::{
+    api,
+    controllers::{
+        self,
+        pod_security::policy::{self, Level, PodPolicy},
+    },
+    http, leader, metrics, rbac, telemetry,
+};
 
 use std::{
     net::SocketAddr,
@@ -83,6 +90,17 @@ struct RunArgs {
     /// `s3://` and `pvc://` datasets run it.
     #[arg(long, env = "MLOPS_RUNTIME_IMAGE", default_value = controllers::inference_service::desired::MLOPS_RUNTIME_IMAGE)]
     runtime_image: String,
+    /// The Pod Security Standard level (restricted, baseline or privileged) every pod a
+    /// user's spec shapes (a TrainingJob's trainer template) must meet, in namespaces
+    /// without their own `--pod-security-level`. A spec breaking it gets no Job: it stalls
+    /// with reason PodPolicyViolation naming each field.
+    #[arg(long, env = "MLOPS_DEFAULT_POD_SECURITY_LEVEL", default_value = "restricted")]
+    default_pod_security_level: Level,
+    /// `NAMESPACE=LEVEL`: another level for one namespace (repeatable; the variable takes a
+    /// comma-separated list), e.g. `research=baseline` to allow root trainers there.
+    #[arg(long = "pod-security-level", env = "MLOPS_POD_SECURITY_LEVELS", value_delimiter = ',',
+          value_parser = policy::parse_namespace_level, value_name = "NAMESPACE=LEVEL")]
+    pod_security_levels: Vec<(String, Level)>,
     /// Name of the leader-election Lease.
     #[arg(long, default_value = DEFAULT_LEASE_NAME)]
     lease_name: String,
@@ -181,6 +199,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.watch_namespace,
         args.prometheus_url.as_deref(),
         args.runtime_image,
+        PodPolicy {
+            default: args.default_pod_security_level,
+            namespaces: args.pod_security_levels.into_iter().collect(),
+        },
     );
     let controllers = controllers::run_all(ctx, stop_rx.clone());
     let outcome = tokio::select! {

@@ -43,6 +43,8 @@ pub struct Context {
     pub watch_namespace: Option<String>,
     /// The reference runtime image, which runs the data trigger's dataset checks.
     pub runtime_image: String,
+    /// The pod security level of each namespace, which the pods users shape must meet.
+    pub pod_policy: pod_security::policy::PodPolicy,
     /// Consecutive failed reconciles per object, for exponential backoff, and the last
     /// failure's message (a Warning Event is published once per distinct failure).
     failures: Mutex<HashMap<String, (u32, String)>>,
@@ -56,6 +58,7 @@ impl Context {
         watch_namespace: Option<String>,
         prometheus_url: Option<&str>,
         runtime_image: String,
+        pod_policy: pod_security::policy::PodPolicy,
     ) -> Arc<Context> {
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(instance) };
         Arc::new(Context {
@@ -64,6 +67,7 @@ impl Context {
             metrics,
             watch_namespace,
             runtime_image,
+            pod_policy,
             prometheus: prometheus_url.map(crate::analysis::prometheus::Prometheus::new),
             failures: Mutex::default(),
         })

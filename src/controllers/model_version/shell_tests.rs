@@ -104,6 +104,7 @@ impl Harness {
             Some("ns".into()),
             None,
             "runtime:dev".into(),
+            Default::default(),
         );
         Harness { fake, ctx, log }
     }

@@ -99,6 +99,8 @@ pub fn desired_job(tj: &TrainingJob, image: &str, name: &str) -> Job {
         containers: vec![container],
         volumes: volume.map(|(v, _)| vec![v]),
         service_account_name: template.and_then(|t| t.service_account_name.clone()),
+        // The trainer's token choice: mounted only when its template asks for it.
+        automount_service_account_token: template.and_then(|t| t.automount_service_account_token),
         image_pull_secrets: template.and_then(|t| t.image_pull_secrets.clone()),
         node_selector: template.and_then(|t| t.node_selector.clone()),
         tolerations: template.and_then(|t| t.tolerations.clone()),
@@ -227,7 +229,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::controllers::pod_security::restricted::restricted_violations;
+    use crate::controllers::pod_security::policy::restricted_violations;
 
     fn tj(dataset: serde_json::Value, trainer: serde_json::Value) -> TrainingJob {
         serde_json::from_value(json!({
@@ -271,7 +273,8 @@ mod tests {
             json!({"uri": "s3://data/iris.csv", "credentialsSecretRef": {"name": "s3-creds"}}),
             json!({"image": "me/trainer:1",
                    "env": [{"name": "AWS_ENDPOINT_URL", "value": "http://minio:9000"}, {"name": "LR", "value": "0.1"}],
-                   "template": {"spec": {"serviceAccountName": "trainer", "containers": []}}}),
+                   "template": {"spec": {"serviceAccountName": "trainer", "automountServiceAccountToken": true,
+                                         "containers": []}}}),
         );
         let job = desired_job(&tj, "ghcr.io/mlops-dev/mlops-runtime:0.1.0", "iris-dc-100");
         assert!(is_data_check(&job));
@@ -282,6 +285,7 @@ mod tests {
         assert_eq!(spec.backoff_limit, Some(0));
         let pod = spec.template.spec.as_ref().unwrap();
         assert_eq!(pod.service_account_name.as_deref(), Some("trainer"));
+        assert_eq!(pod.automount_service_account_token, Some(true), "as the trainer's template asks");
         let c = &pod.containers[0];
         assert_eq!(
             (c.command.as_ref(), c.args.as_ref().unwrap().as_slice()),
@@ -317,6 +321,7 @@ mod tests {
         let job = desired_job(&tj, "img", "iris-dc-100");
         let pod = job.spec.unwrap().template.spec.unwrap();
         assert_eq!(restricted_violations(&pod), Vec::<String>::new());
+        assert_eq!(pod.automount_service_account_token, Some(false));
         let volume = &pod.volumes.as_ref().unwrap()[0];
         let claim = volume.persistent_volume_claim.as_ref().unwrap();
         assert_eq!((claim.claim_name.as_str(), claim.read_only), ("datasets", Some(true)));

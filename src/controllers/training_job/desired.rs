@@ -25,7 +25,10 @@ use crate::{
         self, Gate, TrainingJob,
         training_job::{DEFAULT_MASTER_PORT, DataValidation, OutlierMethod, RunTrigger, Source, Split},
     },
-    controllers::pod_security,
+    controllers::pod_security::{
+        self,
+        policy::{self, Level},
+    },
 };
 
 /// Name of the trainer container (also the one looked up in a user's pod template).
@@ -327,6 +330,27 @@ fn pod_template(
     let trainer_name = c.name.clone();
     pod_security::secure_pod(spec, pod_security::NONROOT, &[&trainer_name]);
     Ok(template)
+}
+
+/// Where the trainer's pod template sits in a TrainingJob: the prefix of every field the
+/// pod policy names.
+pub const TEMPLATE_PATH: &str = "spec.trainer.template.";
+
+/// The message refusing the pods of `tj`'s runs under the namespace's pod policy `level`,
+/// naming each field of `trainer.template` it does not allow; `None` when they may run.
+/// Judged on the pod a run gets (the template with the operator's additions and secure
+/// defaults), which keeps the template's indices: the operator only appends.
+pub fn pod_policy_refusal(tj: &TrainingJob, level: Level) -> Option<String> {
+    let probe = RunRef {
+        name: run_name(&tj.name_any(), 0),
+        number: 0,
+        generation: 0,
+        trigger: RunTrigger::default(),
+    };
+    // A template the operator cannot complete fails as a spec error when the run starts.
+    let template = pod_template(tj, &probe, &BTreeMap::new()).ok()?;
+    let found = policy::violations(level, &template);
+    policy::refusal(&found, TEMPLATE_PATH, level, &tj.namespace().unwrap_or_default())
 }
 
 /// `MLOPS_TERMINATION_MESSAGE_PATH`: the file the kubelet reads the container's termination

@@ -14,7 +14,7 @@ use kube::{Api, ResourceExt, api::ListParams};
 use super::{data_check, desired, triggers, triggers::Reading};
 use crate::{
     api::{self, InferenceService, ModelVersion, TrainingJob},
-    controllers::{Context, Error, Result},
+    controllers::{Context, Error, Result, pod_security::policy::Level},
     rollout::Sample,
 };
 
@@ -60,6 +60,8 @@ pub struct Inputs {
     pub dataset_file: Option<Reading<String>>,
     /// The image dataset check Jobs run (the reference runtime).
     pub runtime_image: String,
+    /// The pod policy of the TrainingJob's namespace.
+    pub pod_security_level: Level,
 }
 
 /// Reads the inputs of one pass over `tj` (as last written) at `now`.
@@ -78,6 +80,7 @@ pub async fn fetch(ctx: &Context, tj: &TrainingJob, now: Timestamp) -> Result<In
     let mut inputs = Inputs {
         jobs: runs.into_iter().map(|j| (j.name_any(), j)).collect(),
         runtime_image: ctx.runtime_image.clone(),
+        pod_security_level: ctx.pod_policy.level(&ns),
         ..Inputs::default()
     };
 

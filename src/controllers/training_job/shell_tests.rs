@@ -128,7 +128,15 @@ fn server(
 }
 
 fn context(client: kube::Client) -> Arc<Context> {
-    Context::new(client, Metrics::new(), "test".into(), Some("ns".into()), None, "runtime:dev".into())
+    Context::new(
+        client,
+        Metrics::new(),
+        "test".into(),
+        Some("ns".into()),
+        None,
+        "runtime:dev".into(),
+        Default::default(),
+    )
 }
 
 fn status_written(calls: &[Call]) -> Value {
