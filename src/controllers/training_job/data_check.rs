@@ -81,7 +81,8 @@ pub fn desired_job(tj: &TrainingJob, image: &str, name: &str) -> Job {
         // The image's entrypoint is `mlops-runtime` (runtime/Containerfile).
         args: Some(vec!["digest".into()]),
         env: Some(env),
-        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        // Its reading is what it writes, never its logs.
+        termination_message_policy: Some("File".into()),
         resources: Some(ResourceRequirements {
             requests: Some(BTreeMap::from([
                 ("cpu".into(), Quantity("50m".into())),
@@ -206,7 +207,12 @@ pub fn reading(job: &Job, pod: &PodOutcome, spec_uri: &str) -> Option<Reading<St
     }
     let message = pod.message.as_deref().map(str::trim).unwrap_or_default();
     if !complete {
-        let detail = if message.is_empty() { why } else { message.to_string() };
+        // Only what the check wrote, else how it ended: its logs are never read.
+        let detail = match (message.is_empty(), pod.exit()) {
+            (false, _) => message.to_string(),
+            (true, Some(exit)) => format!("{why} (its container {exit})"),
+            (true, None) => why,
+        };
         return Some(Reading::Error(format!("the check Job {} failed: {detail}", job.name_any())));
     }
     let parsed: Option<String> = serde_json::from_str::<serde_json::Value>(message)
@@ -322,6 +328,7 @@ mod tests {
         let pod = job.spec.unwrap().template.spec.unwrap();
         assert_eq!(restricted_violations(&pod), Vec::<String>::new());
         assert_eq!(pod.automount_service_account_token, Some(false));
+        assert_eq!(pod.containers[0].termination_message_policy.as_deref(), Some("File"));
         let volume = &pod.volumes.as_ref().unwrap()[0];
         let claim = volume.persistent_volume_claim.as_ref().unwrap();
         assert_eq!((claim.claim_name.as_str(), claim.read_only), ("datasets", Some(true)));
@@ -358,5 +365,12 @@ mod tests {
         let deadline = finished_job(false, uri, "DeadlineExceeded");
         let Some(Reading::Error(e)) = reading(&deadline, &PodOutcome::default(), uri) else { panic!() };
         assert!(e.contains("DeadlineExceeded"), "{e}");
+        let oom =
+            PodOutcome { exit_code: Some(137), reason: Some("OOMKilled".into()), ..PodOutcome::default() };
+        let Some(Reading::Error(e)) = reading(&failed, &oom, uri) else { panic!() };
+        assert!(
+            e.ends_with("BackoffLimitExceeded (its container exited 137 (OOMKilled, signal 9, SIGKILL))"),
+            "{e}"
+        );
     }
 }

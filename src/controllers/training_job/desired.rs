@@ -315,7 +315,9 @@ fn pod_template(
     if let Some(r) = &trainer.resources {
         c.resources = Some(r.clone());
     }
-    c.termination_message_policy = Some("FallbackToLogsOnError".into());
+    // Only what the trainer writes becomes its message: never its logs, which may hold
+    // anything it printed (a secret from its environment included).
+    c.termination_message_policy = Some("File".into());
     c.volume_mounts.get_or_insert_with(Vec::new).extend(mounts);
 
     let mut ours = contract_env(tj, run, &dataset_uri, &output_uri);

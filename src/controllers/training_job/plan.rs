@@ -14,7 +14,7 @@ use kube::{Resource, ResourceExt};
 use super::{
     data_check,
     desired::{self, ANNOTATION_GENERATION, ANNOTATION_RUN_RECIPE, RunRecipe, RunRef, run_name},
-    inputs::{Inputs, Verdict},
+    inputs::{Inputs, PodOutcome, Verdict},
     model_version::{Refusal, made_by, model_version},
     result,
     triggers::{self, Readings},
@@ -465,17 +465,9 @@ fn follow(run: &mut RunRecord, job: &Job, inputs: &Inputs, now: &Time, plan: &mu
         }
     } else if let Some(c) = job_condition(job, "Failed") {
         let reason = c.reason.clone().unwrap_or_else(|| "JobFailed".into());
-        let mut message = c.message.clone().unwrap_or_default();
-        if let Some(p) = pod {
-            let detail = p.message.as_deref().map(str::trim).filter(|m| !m.is_empty());
-            message = match (p.exit_code, detail) {
-                (Some(code), Some(d)) => format!("trainer exited {code}: {d}"),
-                (Some(code), None) => format!("trainer exited {code} ({message})"),
-                (None, Some(d)) => d.to_string(),
-                (None, None) => message,
-            };
-            run.exit_code = p.exit_code;
-        }
+        let ns = tj.namespace().unwrap_or_default();
+        let message = failure_message(&run.job_name, &ns, c.message.as_deref().unwrap_or_default(), pod);
+        run.exit_code = pod.and_then(|p| p.exit_code);
         finish(run, RunOutcome::Failed, &reason, message, now);
     } else {
         let s = job.status.as_ref();
@@ -483,6 +475,30 @@ fn follow(run: &mut RunRecord, job: &Job, inputs: &Inputs, now: &Time, plan: &mu
         if started {
             run.outcome = RunOutcome::Running;
         }
+    }
+}
+
+/// Longest trainer message kept (the kubelet allows 4 KiB): a run's message is one line
+/// of status, not a log.
+const TRAINER_MESSAGE_LIMIT: usize = 512;
+
+/// Why a run's Job failed, from what the trainer chose to say and never from its output:
+/// its termination message after the exit code (`trainer exited 2: schema check failed`);
+/// without one, the exit code, what ended it and where its output is
+/// (`kubectl logs job/<run> -n <ns>`), which only those allowed to read pods can follow.
+/// Pods gone (a deadline): the Job's own words.
+fn failure_message(job: &str, ns: &str, job_message: &str, pod: Option<&PodOutcome>) -> String {
+    let Some(exit) = pod.and_then(PodOutcome::exit) else { return job_message.to_string() };
+    match pod.and_then(|p| p.message.as_deref()).map(str::trim).filter(|m| !m.is_empty()) {
+        Some(said) => {
+            format!(
+                "trainer {exit}: {}",
+                crate::controllers::truncate(said.to_string(), TRAINER_MESSAGE_LIMIT)
+            )
+        }
+        None => format!(
+            "trainer {exit} without a termination message; its output: kubectl logs job/{job} -n {ns}"
+        ),
     }
 }
 

@@ -246,6 +246,7 @@ async fn a_refused_model_version_fails_its_run_once_and_is_not_retried() {
     let tj = steady(&training_job(1));
     let pod = json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "iris-r1-abc", "namespace": "ns"},
+        "spec": {"containers": [{"name": "trainer", "image": "mlops-runtime:dev", "terminationMessagePolicy": "File"}]},
         "status": {"phase": "Succeeded", "containerStatuses": [{
             "name": "trainer", "image": "mlops-runtime:dev", "imageID": "sha256:cccc", "ready": false,
             "restartCount": 0, "state": {"terminated": {"exitCode": 0, "reason": "Completed", "message": RESULT}}}]}});

@@ -86,7 +86,7 @@ fn a_single_worker_run_is_a_plain_job_owned_by_its_training_job() {
     assert_eq!(pod_spec(&job).subdomain, None);
     let c = trainer(&job);
     assert_eq!(c.image.as_deref(), Some("trainer:1"));
-    assert_eq!(c.termination_message_policy.as_deref(), Some("FallbackToLogsOnError"));
+    assert_eq!(c.termination_message_policy.as_deref(), Some("File"), "never the logs");
     assert_eq!(pod_spec(&job).automount_service_account_token, Some(false));
     assert!(desired_service(&tj, &run()).is_none());
 }
@@ -237,6 +237,15 @@ fn what_the_template_sets_is_kept_field_by_field() {
             "spec.containers[0].securityContext.allowPrivilegeEscalation: unset (must be false)"
         ]
     );
+}
+
+#[test]
+fn the_trainers_termination_message_is_never_its_logs() {
+    // A user's FallbackToLogsOnError would put its logs in status: the trainer's is File.
+    let fallback = tj(json!({"trainer": {"image": "t:1", "template": {"spec": {"containers": [
+        {"name": "trainer", "terminationMessagePolicy": "FallbackToLogsOnError"}]}}}}));
+    let job = desired_job(&fallback, &run()).unwrap();
+    assert_eq!(trainer(&job).termination_message_policy.as_deref(), Some("File"));
 }
 
 /// The template of finding 3: a privileged root sidecar with SYS_ADMIN, the host's `/`,

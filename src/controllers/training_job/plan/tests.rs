@@ -315,7 +315,7 @@ fn a_failed_run_records_the_exit_code_and_the_trainers_message() {
         message: Some("bad data: column x is not numeric\n".into()),
         exit_code: Some(2),
         reason: Some("Error".into()),
-        image_id: None,
+        ..PodOutcome::default()
     };
     let p = plan_at(&tj, &observed(jobs.clone(), vec![("iris-r1", pod)], at(10)));
     let r = &p.status.runs[0];
@@ -341,13 +341,23 @@ fn a_failed_run_records_the_exit_code_and_the_trainers_message() {
     }
     assert_eq!(condition(&p, cond::RECONCILING).status, "False");
 
-    // Killed without a message (OOM): the exit code and the Job's words.
+    // Killed without a message (OOM): the exit code, why, and where its output is; never
+    // the output itself.
     let pod = PodOutcome { exit_code: Some(137), reason: Some("OOMKilled".into()), ..PodOutcome::default() };
-    let p = plan_at(&tj, &observed(jobs, vec![("iris-r1", pod)], at(10)));
+    let p = plan_at(&tj, &observed(jobs.clone(), vec![("iris-r1", pod)], at(10)));
     assert_eq!(
         p.status.runs[0].message.as_deref(),
-        Some("trainer exited 137 (Job has reached the specified backoff limit)")
+        Some(
+            "trainer exited 137 (OOMKilled, signal 9, SIGKILL) without a termination message; \
+             its output: kubectl logs job/iris-r1 -n ml"
+        )
     );
+
+    // A long message is one line of status, not a log.
+    let pod = PodOutcome { message: Some("x".repeat(4096)), exit_code: Some(1), ..PodOutcome::default() };
+    let p = plan_at(&tj, &observed(jobs, vec![("iris-r1", pod)], at(10)));
+    let message = p.status.runs[0].message.clone().unwrap();
+    assert!(message.len() < 600 && message.starts_with("trainer exited 1: xxx"), "{message}");
 }
 
 #[test]
