@@ -90,6 +90,11 @@ struct RunArgs {
     /// `s3://` and `pvc://` datasets run it.
     #[arg(long, env = "MLOPS_RUNTIME_IMAGE", default_value = controllers::inference_service::desired::MLOPS_RUNTIME_IMAGE)]
     runtime_image: String,
+    /// Honour the `mlops.dev/test-fault-env` ModelVersion annotation, which injects faults
+    /// into a version's server pods. For end-to-end tests and demos only: never in
+    /// production, where it would let an annotation break a serving model.
+    #[arg(long, env = "MLOPS_ENABLE_FAULT_INJECTION")]
+    enable_fault_injection: bool,
     /// The Pod Security Standard level (restricted, baseline or privileged) every pod a
     /// user's spec shapes (a TrainingJob's trainer template) must meet, in namespaces
     /// without their own `--pod-security-level`. A spec breaking it gets no Job: it stalls
@@ -199,6 +204,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.watch_namespace,
         args.prometheus_url.as_deref(),
         args.runtime_image,
+        args.enable_fault_injection,
         PodPolicy {
             default: args.default_pod_security_level,
             namespaces: args.pod_security_levels.into_iter().collect(),

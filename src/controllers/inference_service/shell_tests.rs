@@ -131,6 +131,7 @@ async fn pass(cluster: &Arc<Mutex<Cluster>>) -> (Result<Action>, Log) {
         Some("ns".into()),
         None,
         "runtime:dev".into(),
+        false,
         Default::default(),
     );
     let isvc: InferenceService = serde_json::from_value(cluster.lock().unwrap().isvc.clone()).unwrap();
