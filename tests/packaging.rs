@@ -122,6 +122,8 @@ fn values_schema_refuses_unknown_and_invalid_values() {
         ("logFormat=yaml", "logFormat"),
         ("image.pullPolicy=Sometimes", "pullPolicy"),
         ("leaderElection.retryPeriodSeconds=0", "retryPeriodSeconds"),
+        ("podPolicy.defaultLevel=root", "defaultLevel"),
+        ("podPolicy.namespaces.research=root", "research"),
     ] {
         let out = run_helm(&helm, &["template", RELEASE, CHART, "--set", set]);
         assert!(!out.status.success(), "--set {set} was accepted");
@@ -245,6 +247,29 @@ fn operator_deployment_is_restricted_probed_and_highly_available() {
 
     let docs = documents(&render(&helm, INSTALL_NAMESPACE, &["replicaCount=1"]));
     assert!(docs.iter().all(|d| d["kind"] != "PodDisruptionBudget"), "no PDB for a single replica");
+}
+
+#[test]
+#[ignore = "needs the pinned tools (make tools); make test runs it"]
+fn the_pod_policy_values_become_the_operators_flags() {
+    let helm = helm();
+    let args = |sets: &[&str]| -> Vec<String> {
+        let docs = documents(&render(&helm, INSTALL_NAMESPACE, sets));
+        let c = &find(&docs, "Deployment", RELEASE)["spec"]["template"]["spec"]["containers"][0];
+        let all = c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string());
+        all.filter(|a| a.contains("pod-security-level")).collect()
+    };
+    assert_eq!(args(&[]), ["--default-pod-security-level=restricted"]);
+    assert_eq!(
+        args(&[
+            "podPolicy.defaultLevel=baseline,podPolicy.namespaces.research=privileged,podPolicy.namespaces.lab=restricted"
+        ]),
+        [
+            "--default-pod-security-level=baseline",
+            "--pod-security-level=lab=restricted",
+            "--pod-security-level=research=privileged"
+        ]
+    );
 }
 
 #[test]
