@@ -245,19 +245,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     metrics.leader.set(1);
 
-    let ctx = controllers::Context::new(
-        client,
-        metrics.clone(),
-        identity,
-        args.watch_namespace,
-        args.prometheus_url.as_deref(),
-        args.runtime_image,
-        args.enable_fault_injection,
-        PodPolicy {
+    let settings = controllers::Settings {
+        watch_namespace: args.watch_namespace,
+        prometheus_url: args.prometheus_url,
+        runtime_image: args.runtime_image,
+        fault_injection: args.enable_fault_injection,
+        pod_policy: PodPolicy {
             default: args.default_pod_security_level,
             namespaces: args.pod_security_levels.into_iter().collect(),
         },
-    );
+    };
+    let ctx = controllers::Context::new(client, metrics.clone(), identity, settings);
     let controllers = controllers::run_all(ctx, stop_rx.clone());
     let outcome = tokio::select! {
         _ = controllers => Ok(()),

@@ -18,6 +18,7 @@ use crate::{
     controllers::{
         Context,
         mock_api::{self, Call, Reply},
+        test_settings,
     },
     metrics::Metrics,
 };
@@ -129,16 +130,7 @@ fn server(
 }
 
 fn context(client: kube::Client) -> Arc<Context> {
-    Context::new(
-        client,
-        Metrics::new(),
-        "test".into(),
-        Some("ns".into()),
-        None,
-        "runtime:dev".into(),
-        false,
-        Default::default(),
-    )
+    Context::new(client, Metrics::new(), "test".into(), test_settings())
 }
 
 fn status_written(calls: &[Call]) -> Value {
