@@ -83,6 +83,11 @@ struct RunArgs {
     /// `s3://` and `pvc://` datasets run it.
     #[arg(long, env = "MLOPS_RUNTIME_IMAGE", default_value = controllers::inference_service::desired::MLOPS_RUNTIME_IMAGE)]
     runtime_image: String,
+    /// Honour the `mlops.dev/test-fault-env` ModelVersion annotation, which injects faults
+    /// into a version's server pods. For end-to-end tests and demos only: never in
+    /// production, where it would let an annotation break a serving model.
+    #[arg(long, env = "MLOPS_ENABLE_FAULT_INJECTION")]
+    enable_fault_injection: bool,
     /// Name of the leader-election Lease.
     #[arg(long, default_value = DEFAULT_LEASE_NAME)]
     lease_name: String,
@@ -173,6 +178,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             args.watch_namespace.clone(),
             args.prometheus_url.as_deref(),
             args.runtime_image.clone(),
+            args.enable_fault_injection,
         );
         controllers::run_all(ctx, stop_rx.clone())
     };

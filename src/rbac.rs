@@ -56,10 +56,11 @@ pub const OPERATOR: &[Rule<'static>] = &[
     rule(
         &[GROUP],
         &["modelversions"],
-        &["get", "list", "watch", "create", "patch"],
+        &["get", "list", "watch", "create", "patch", "delete"],
         "ModelVersion controller: watches versions and adds or removes its finalizer (patch); the \
-         TrainingJob controller creates a version per successful run; the InferenceService \
-         controller reads the versions of its model.",
+         TrainingJob controller creates a version per successful run and deletes the versions it \
+         produced beyond modelVersion.retention; the InferenceService controller reads the \
+         versions of its model.",
     ),
     rule(&[GROUP], &["modelversions/status"], PATCH, "ModelVersion status (server-side apply)."),
     rule(

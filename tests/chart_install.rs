@@ -114,6 +114,9 @@ async fn the_chart_installs_runs_the_loop_upgrades_and_uninstalls_cleanly() {
         "leaderElection.leaseDurationSeconds=6".into(),
         "--set".into(),
         "leaderElection.retryPeriodSeconds=1".into(),
+        // The faulty version below injects its fault through the test-only annotation.
+        "--set".into(),
+        "faultInjection=true".into(),
         "--wait".into(),
         "--timeout".into(),
         "180s".into(),

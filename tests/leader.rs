@@ -132,7 +132,7 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_the_standby_takes_ove
     );
     testkit::wait_until(Duration::from_secs(60), "replica A to lead", || async { leads(&a).filter(|l| *l) })
         .await;
-    let b = Operator::start(OPERATOR, &env.namespace, &["--identity", "replica-b"]);
+    let b = Operator::start_as(OPERATOR, &env.namespace, &["--identity", "replica-b"]);
     // B is ready once it has read the Lease: it stands by, A's claim seen.
     testkit::wait_until(Duration::from_secs(60), "replica B to stand by", || async {
         b.ready().then_some(())

@@ -20,12 +20,18 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// Starts the operator binary (`env!("CARGO_BIN_EXE_mlops-operator")` in the test).
+    /// Starts the operator binary (`env!("CARGO_BIN_EXE_mlops-operator")` in the test),
+    /// with fault injection on (the `mlops.dev/test-fault-env` annotation is honoured).
     pub fn start(binary: &str, namespace: &str, extra: &[&str]) -> Operator {
-        Operator::start_with_kubeconfig(binary, namespace, extra, &kubeconfig_path())
+        Self::start_as(binary, namespace, &[extra, &["--enable-fault-injection"]].concat())
     }
 
-    /// [`Operator::start`] reaching the API server as `kubeconfig` says (through an
+    /// Starts the operator as a production install runs it: no fault injection.
+    pub fn start_as(binary: &str, namespace: &str, extra: &[&str]) -> Operator {
+        Self::start_with_kubeconfig(binary, namespace, extra, &kubeconfig_path())
+    }
+
+    /// [`Operator::start_as`] reaching the API server as `kubeconfig` says (through an
     /// [`crate::ApiProxy`], say).
     pub fn start_with_kubeconfig(
         binary: &str,

@@ -30,7 +30,7 @@ fn inputs(spec: serde_json::Value, status: serde_json::Value) -> Inputs {
     }))
     .unwrap();
     let versions = ["iris-v1", "iris-v2"].map(|v| (v.to_string(), version(v, true))).into_iter().collect();
-    Inputs { isvc, deployments: vec![], pods: vec![], versions, measurements: vec![] }
+    Inputs { isvc, deployments: vec![], pods: vec![], versions, measurements: vec![], fault_injection: false }
 }
 
 fn gateway_canary() -> Inputs {
