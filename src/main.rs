@@ -36,6 +36,29 @@ enum Command {
     Crd,
     /// Print the RBAC rules the operator needs, as the YAML `rules` list of a Role.
     Rbac(RbacArgs),
+    /// Stop the operator (scale its Deployment to zero) and remove its finalizer from every
+    /// ModelVersion, so that uninstalling leaves no namespace stuck in Terminating. The
+    /// chart's pre-delete hook runs it.
+    Uninstall(UninstallArgs),
+}
+
+#[derive(clap::Args)]
+struct UninstallArgs {
+    /// The operator's namespace.
+    #[arg(long, env = "POD_NAMESPACE")]
+    namespace: String,
+    /// The operator's Deployment.
+    #[arg(long)]
+    deployment: String,
+    /// Label selector of the operator's pods (waited for before any finalizer goes).
+    #[arg(long)]
+    selector: String,
+    /// Release only this namespace's versions (a namespace-scoped install).
+    #[arg(long, env = "MLOPS_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// Seconds to wait for the operator's pods to stop.
+    #[arg(long, default_value_t = 120)]
+    timeout_seconds: u64,
 }
 
 /// Name of the leader-election Lease unless `--lease-name` says otherwise.
@@ -49,6 +72,9 @@ struct RbacArgs {
     /// The Lease the leader-election rules grant.
     #[arg(long, default_value = DEFAULT_LEASE_NAME)]
     lease_name: String,
+    /// The Deployment the uninstall hook scales to zero.
+    #[arg(long, default_value = "mlops-operator")]
+    deployment_name: String,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -57,6 +83,12 @@ enum RbacRole {
     Operator,
     /// Leader election, a Role in the operator's own namespace.
     LeaderElection,
+    /// The uninstall hook's rules on the versions (a ClusterRole, or a Role in the watched
+    /// namespace).
+    Uninstall,
+    /// The uninstall hook's rules in the operator's own namespace (its Deployment's name as
+    /// `--lease-name`'s counterpart `--deployment-name`).
+    UninstallRelease,
 }
 
 #[derive(clap::Args)]
@@ -116,10 +148,26 @@ async fn main() -> anyhow::Result<()> {
                 RbacRole::LeaderElection => {
                     print!("{}", rbac::rules_yaml(&rbac::leader_election(&args.lease_name)))
                 }
+                RbacRole::Uninstall => print!("{}", rbac::rules_yaml(rbac::UNINSTALL)),
+                RbacRole::UninstallRelease => {
+                    print!("{}", rbac::rules_yaml(&rbac::uninstall_release(&args.deployment_name)))
+                }
             }
             Ok(())
         }
         Command::Run(args) => run(args).await,
+        Command::Uninstall(args) => {
+            telemetry::init(telemetry::LogFormat::Text);
+            let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
+            let uninstall = mlops_operator::uninstall::Uninstall {
+                namespace: args.namespace,
+                deployment: args.deployment,
+                selector: args.selector,
+                watch_namespace: args.watch_namespace.filter(|ns| !ns.is_empty()),
+                timeout: Duration::from_secs(args.timeout_seconds),
+            };
+            uninstall.run(client).await
+        }
     }
 }
 

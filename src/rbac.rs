@@ -158,6 +158,33 @@ pub fn leader_election(lease_name: &str) -> [Rule<'_>; 2] {
     ]
 }
 
+/// The uninstall hook's rules where the versions are (cluster-wide, or the watched
+/// namespace): it lists ModelVersions and patches its finalizer away.
+pub const UNINSTALL: &[Rule<'static>] = &[rule(
+    &[GROUP],
+    &["modelversions"],
+    &["get", "list", "patch"],
+    "mlops-operator uninstall: lists the ModelVersions and removes the operator's finalizer \
+     (re-reading one that changed meanwhile).",
+)];
+
+/// The uninstall hook's rules in the operator's own namespace: scale the operator's
+/// Deployment (and no other) to zero, then wait for its pods.
+pub fn uninstall_release(deployment: &str) -> [Rule<'_>; 2] {
+    [
+        Rule {
+            resource_name: Some(deployment),
+            ..rule(
+                &["apps"],
+                &["deployments"],
+                &["patch"],
+                "Scale the operator to zero before its finalizers go.",
+            )
+        },
+        rule(&[""], &["pods"], &["list"], "Wait until no operator pod runs."),
+    ]
+}
+
 /// `rules` as a YAML list, each rule under a comment saying why, with a generated-file
 /// header. The same rules always give the same bytes, so CI can diff it against the chart.
 pub fn rules_yaml(rules: &[Rule<'_>]) -> String {
