@@ -122,6 +122,10 @@ fn values_schema_refuses_unknown_and_invalid_values() {
         ("logFormat=yaml", "logFormat"),
         ("image.pullPolicy=Sometimes", "pullPolicy"),
         ("leaderElection.retryPeriodSeconds=0", "retryPeriodSeconds"),
+        (
+            "leaderElection.renewDeadlineSeconds=15",
+            "renewDeadlineSeconds must be less than leaseDurationSeconds",
+        ),
         ("podPolicy.defaultLevel=root", "defaultLevel"),
         ("podPolicy.namespaces.research=root", "research"),
     ] {
@@ -247,6 +251,13 @@ fn operator_deployment_is_restricted_probed_and_highly_available() {
 
     let docs = documents(&render(&helm, INSTALL_NAMESPACE, &["replicaCount=1"]));
     assert!(docs.iter().all(|d| d["kind"] != "PodDisruptionBudget"), "no PDB for a single replica");
+
+    // The renew deadline is the operator's default (two thirds of the lease) unless set.
+    assert!(!args.iter().any(|a| a.starts_with("--lease-renew-deadline-seconds")), "{args:?}");
+    let docs = documents(&render(&helm, INSTALL_NAMESPACE, &["leaderElection.renewDeadlineSeconds=8"]));
+    let args =
+        find(&docs, "Deployment", RELEASE)["spec"]["template"]["spec"]["containers"][0]["args"].clone();
+    assert!(args.as_array().unwrap().contains(&"--lease-renew-deadline-seconds=8".into()), "{args}");
 }
 
 #[test]

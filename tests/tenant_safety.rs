@@ -102,9 +102,11 @@ async fn a_fault_annotation_does_nothing_without_the_fault_injection_flag() {
     }
     let addr = service_address(&env, "web").await;
     let body = r#"{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP64","data":[5.9,3.0,5.1,1.8]}]}"#;
+    // The Service answers once kube-proxy has its endpoints.
+    let post = || testkit::http_post(addr, "/v2/models/iris/infer", body);
+    wait_until(Duration::from_secs(30), "the Service to answer", || async { post() }).await;
     for _ in 0..20 {
-        let (code, text) =
-            testkit::http_post(addr, "/v2/models/iris/infer", body).expect("the service answers");
+        let (code, text) = post().expect("the service answers");
         assert_eq!(code, 200, "{text}");
     }
 }

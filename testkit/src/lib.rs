@@ -40,9 +40,11 @@ use kube::{
 };
 use serde::de::DeserializeOwned;
 
+mod api_proxy;
 mod operator;
 mod s3;
 
+pub use api_proxy::ApiProxy;
 pub use operator::Operator;
 pub use s3::S3Server;
 

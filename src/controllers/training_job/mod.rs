@@ -128,7 +128,7 @@ async fn reconcile_pass(tj: &TrainingJob, ctx: &Context, now: Timestamp) -> Resu
         ctx.event(&tj, type_, ev.reason, "Reconcile", ev.note).await;
     }
     if produced {
-        prune_versions(ctx, &tj, outcome.status.latest_model_version.as_deref(), &versions).await?;
+        prune_versions(ctx, &tj, &versions).await?;
     }
     record_metrics(ctx, &tj, &ns, &outcome);
     Ok(Action::requeue(outcome.requeue))
@@ -136,18 +136,13 @@ async fn reconcile_pass(tj: &TrainingJob, ctx: &Context, now: Timestamp) -> Resu
 
 /// Retention ([`retention`]), applied when a run produced a version: the registry of a
 /// frequent schedule stays bounded without a read on every pass.
-async fn prune_versions(
-    ctx: &Context,
-    tj: &TrainingJob,
-    latest: Option<&str>,
-    api: &Api<ModelVersion>,
-) -> Result<()> {
+async fn prune_versions(ctx: &Context, tj: &TrainingJob, api: &Api<ModelVersion>) -> Result<()> {
     let selector = format!("{}={}", api::LABEL_TRAINING_JOB, tj.name_any());
     let listed = api
         .list(&ListParams::default().labels(&selector))
         .await
         .map_err(|e| Error::child("list", "ModelVersion", &selector, e))?;
-    let expired = retention::expired(tj, latest, &listed.items);
+    let expired = retention::expired(tj, &listed.items);
     for name in &expired {
         // The UID precondition: a version re-created under the same name is not this one.
         let uid = listed.items.iter().find(|mv| &mv.name_any() == name).and_then(|mv| mv.uid());

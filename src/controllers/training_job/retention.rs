@@ -2,8 +2,8 @@
 //! frequent schedule cannot grow the registry without bound.
 //!
 //! A version in use is never a candidate: serving, a rollback target, or named in a
-//! rollout's history as failed (its story stays readable), nor the job's latest version,
-//! nor one already being deleted. Of the others, the newest `keepLast` stay. The
+//! rollout's history as failed (its story stays readable), nor one already being deleted.
+//! Of the others, the newest `keepLast` stay (the job's latest version always among them). The
 //! ModelVersion finalizer still guards a version that became used since its status was
 //! written: its deletion then waits until nothing uses it.
 
@@ -29,20 +29,18 @@ pub fn produced_by(mv: &ModelVersion, tj: &TrainingJob) -> bool {
         && lineage.and_then(|l| l.run.as_deref()) == labels.get(api::LABEL_RUN).map(String::as_str)
 }
 
-fn in_use(mv: &ModelVersion, latest: Option<&str>) -> bool {
+fn in_use(mv: &ModelVersion) -> bool {
     let status = mv.status.as_ref();
     mv.metadata.deletion_timestamp.is_some()
-        || Some(mv.name_any().as_str()) == latest
         || status.is_some_and(|s| {
             !s.serving_in.is_empty() || !s.rollback_target_of.is_empty() || !s.failed_in.is_empty()
         })
 }
 
-/// The names of the versions to delete, newest first. `latest` is the job's latest
-/// version as this pass leaves it.
-pub fn expired(tj: &TrainingJob, latest: Option<&str>, versions: &[ModelVersion]) -> Vec<String> {
+/// The names of the versions to delete, newest first.
+pub fn expired(tj: &TrainingJob, versions: &[ModelVersion]) -> Vec<String> {
     let mut candidates: Vec<&ModelVersion> =
-        versions.iter().filter(|mv| produced_by(mv, tj) && !in_use(mv, latest)).collect();
+        versions.iter().filter(|mv| produced_by(mv, tj) && !in_use(mv)).collect();
     // Newest first: creation time, then name.
     candidates.sort_by(|a, b| {
         (b.metadata.creation_timestamp.clone(), b.name_any())
@@ -93,9 +91,9 @@ mod tests {
         versions[0] = version(1, json!({"servingIn": ["iris"]}));
         versions[1] = version(2, json!({"rollbackTargetOf": ["iris"]}));
         versions[2] = version(3, json!({"failedIn": [{"inferenceService": "iris", "check": "errors"}]}));
-        // r9 is the job's latest; of r4..r8 the newest two stay.
-        assert_eq!(expired(&tj(Some(2)), Some("iris-r9"), &versions), vec!["iris-r6", "iris-r5", "iris-r4"]);
-        assert!(expired(&tj(None), Some("iris-r9"), &versions).is_empty(), "the default keeps 20");
+        // Of r4..r9 the newest two stay.
+        assert_eq!(expired(&tj(Some(2)), &versions), vec!["iris-r7", "iris-r6", "iris-r5", "iris-r4"]);
+        assert!(expired(&tj(None), &versions).is_empty(), "the default keeps 20");
     }
 
     #[test]
@@ -105,7 +103,7 @@ mod tests {
         let mut relabelled = version(2, json!({}));
         relabelled.metadata.labels.as_mut().unwrap().insert("mlops.dev/training-job".into(), "other".into());
         let versions = vec![imported, relabelled, version(3, json!({})), version(4, json!({}))];
-        assert_eq!(expired(&tj(Some(1)), None, &versions), vec!["iris-r3"]);
+        assert_eq!(expired(&tj(Some(1)), &versions), vec!["iris-r3"]);
         let going = ModelVersion {
             metadata: kube::api::ObjectMeta {
                 deletion_timestamp: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
@@ -116,7 +114,7 @@ mod tests {
             ..versions[2].clone()
         };
         assert!(
-            expired(&tj(Some(1)), None, &[going, versions[3].clone()]).is_empty(),
+            expired(&tj(Some(1)), &[going, versions[3].clone()]).is_empty(),
             "one already going is not counted"
         );
     }
