@@ -221,7 +221,7 @@ fn beyond_the_concurrency_limit_requests_get_503_at_once_while_probes_answer() {
     assert_eq!(server.metric(r#"mlops_requests_total{code="503""#), Some(1.0));
 
     // The held request completes normally and gives its place back.
-    held.write_all(body[10..].as_bytes()).unwrap();
+    held.write_all(&body.as_bytes()[10..]).unwrap();
     let answer = read_answer(&mut held).unwrap();
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert!(answer.body.contains("virginica"), "{}", answer.body);

@@ -408,7 +408,7 @@ pub fn answer_bound(rows: usize, outputs: Outputs, shape: &AnswerShape) -> usize
 pub fn rows_within(limit: usize, outputs: Outputs, shape: &AnswerShape) -> usize {
     let fixed = answer_bound(0, outputs, shape);
     let per_row = answer_bound(1, outputs, shape) - fixed;
-    if per_row == 0 { usize::MAX } else { limit.saturating_sub(fixed) / per_row }
+    limit.saturating_sub(fixed).checked_div(per_row).unwrap_or(usize::MAX)
 }
 
 #[cfg(test)]
@@ -567,7 +567,7 @@ mod tests {
             -0.0,
             1e-7,
             -1.2345678901234567e-7,
-            9.999999999999999e-8,
+            f64::from_bits(1e-7f64.to_bits() - 1), // the largest number below 1e-7
             0.12345678901234567,
             -0.00000012345678901234567,
             1e16,
@@ -590,7 +590,7 @@ mod tests {
             f64::from_bits(state)
         });
         // Probabilities are in [0, 1]: take many of those too.
-        let unit = random.clone().take(200_000).map(|v| if v.is_finite() { v.abs() % 1.0 } else { 0.5 });
+        let unit = random.take(200_000).map(|v| if v.is_finite() { v.abs() % 1.0 } else { 0.5 });
         let mut longest = 0;
         for v in edges.into_iter().chain(random.take(1_000_000)).chain(unit).filter(|v| v.is_finite()) {
             let mut s = String::new();
