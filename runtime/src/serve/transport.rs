@@ -6,15 +6,16 @@
 //!   `header_timeout` (so a client dribbling headers is cut off); past either
 //!   the connection is closed. `Watched`, the connection's socket, keeps both
 //!   clocks: one timer per connection, moved only when a deadline comes nearer,
-//!   so a request costs two clock reads, not a timer.
+//!   so a request costs one clock read, not a timer.
 //! - A request whose headers are complete is admitted unless
 //!   `max_concurrent_requests` are already in flight: then it is answered 503
 //!   with `Retry-After` at once, its body unread. Probes and scrapes are not
 //!   counted (see `exempt`).
 //! - An admitted request has `request_timeout` from the end of its headers to
-//!   its answer (body upload, queueing, inference), else 503. Inference itself
-//!   runs on the worker thread without yielding: its time is bounded by the body
-//!   and answer size limits, not by this timer.
+//!   its answer (body upload, queueing, inference), else 503; the timer starts
+//!   only if the answer is not ready at once. Inference itself runs on the
+//!   worker thread without yielding: its time is bounded by the body and answer
+//!   size limits, not by this timer.
 
 use super::AppState;
 use super::metrics::Reason;
@@ -28,9 +29,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::io;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::task::{Context, Poll, ready};
@@ -160,10 +161,10 @@ impl Shared {
             Some(pass)
         };
         let call = self.router.clone().oneshot(request.map(Body::new));
-        match tokio::time::timeout(limits.request_timeout, call).await {
-            Ok(Ok(response)) => response,
-            Ok(Err(never)) => match never {},
-            Err(_) => {
+        match within(limits.request_timeout, call).await {
+            Some(Ok(response)) => response,
+            Some(Err(never)) => match never {},
+            None => {
                 let seconds = limits.request_timeout.as_secs_f64();
                 let refused = super::http::error(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -182,6 +183,17 @@ impl Shared {
             served.metrics.observe_request(response.status().as_u16(), seconds);
         }
         response
+    }
+}
+
+/// `answer`, unless it takes longer than `limit` once it has to wait. An answer
+/// ready at its first poll (a small inference, whose body came with its
+/// headers) never touches the timer.
+async fn within<T>(limit: Duration, answer: impl Future<Output = T>) -> Option<T> {
+    let mut answer = pin!(answer);
+    match poll_fn(|cx| Poll::Ready(answer.as_mut().poll(cx))).await {
+        Poll::Ready(value) => Some(value),
+        Poll::Pending => tokio::time::timeout(limit, answer).await.ok(),
     }
 }
 
@@ -208,9 +220,12 @@ const BUSY: u8 = 2;
 /// service (which sees requests start and end), both in the connection's task.
 struct Phase {
     state: AtomicU8,
-    /// Nanoseconds since `Shared::epoch`.
+    /// Nanoseconds since `Shared::epoch`; `UNTIMED` in `HEAD` until the headers
+    /// first have to wait for more bytes (most arrive whole, and need no clock).
     since: AtomicU64,
 }
+
+const UNTIMED: u64 = u64::MAX;
 
 impl Phase {
     fn idle_since(nanos: u64) -> Phase {
@@ -245,12 +260,17 @@ impl Watched {
             HEAD => limits.header_timeout,
             _ => return None,
         };
-        Some(self.shared.instant(self.phase.since.load(Relaxed)) + allowed)
+        let mut since = self.phase.since.load(Relaxed);
+        if since == UNTIMED {
+            since = self.shared.nanos();
+            self.phase.since.store(since, Relaxed);
+        }
+        Some(self.shared.instant(since) + allowed)
     }
 
     fn bytes_arrived(&self) {
         if self.phase.state.load(Relaxed) == IDLE {
-            self.phase.since.store(self.shared.nanos(), Relaxed);
+            self.phase.since.store(UNTIMED, Relaxed);
             self.phase.state.store(HEAD, Relaxed);
         }
     }
