@@ -68,28 +68,39 @@ pub async fn serve(
             },
             () = &mut stop => break,
         };
-        let phase = Arc::new(Phase::idle_since(shared.nanos()));
-        let io = TokioIo::new(Watched::new(tcp, phase.clone(), shared.clone()));
-        let shared = shared.clone();
-        let service = service_fn(move |request: Request<Incoming>| {
-            phase.state.store(BUSY, Relaxed);
-            let (shared, phase) = (shared.clone(), phase.clone());
-            async move {
-                let response = shared.answer(request).await;
-                phase.since.store(shared.nanos(), Relaxed);
-                phase.state.store(IDLE, Relaxed);
-                Ok::<_, Infallible>(response)
-            }
-        });
-        let connection = graceful.watch(http.serve_connection(io, service));
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!("connection closed: {e}");
-            }
-        });
+        spawn_connection(&shared, &http, &graceful, tcp);
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// Serves one connection in its own task: its socket watched for the idle and
+/// header limits, each request answered by `Shared::answer`.
+fn spawn_connection(
+    shared: &Arc<Shared>,
+    http: &http1::Builder,
+    graceful: &GracefulShutdown,
+    tcp: TcpStream,
+) {
+    let phase = Arc::new(Phase::idle_since(shared.nanos()));
+    let io = TokioIo::new(Watched::new(tcp, phase.clone(), shared.clone()));
+    let shared = shared.clone();
+    let service = service_fn(move |request: Request<Incoming>| {
+        phase.state.store(BUSY, Relaxed);
+        let (shared, phase) = (shared.clone(), phase.clone());
+        async move {
+            let response = shared.answer(request).await;
+            phase.since.store(shared.nanos(), Relaxed);
+            phase.state.store(IDLE, Relaxed);
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let connection = graceful.watch(http.serve_connection(io, service));
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("connection closed: {e}");
+        }
+    });
 }
 
 /// As `axum::serve` (after hyper 0.14): a failed handshake is the client's
