@@ -4,7 +4,14 @@
 //! and `/readyz`; `crd` prints the CustomResourceDefinitions generated from `api/`, and
 //! `rbac` the permissions the operator needs (from `rbac.rs`).
 
-use mlops_operator::{api, controllers, http, leader, metrics, rbac, telemetry};
+use mlops_operator::{
+    api,
+    controllers::{
+        self,
+        pod_security::policy::{self, Level, PodPolicy},
+    },
+    http, leader, metrics, rbac, telemetry,
+};
 
 use std::{
     net::SocketAddr,
@@ -15,7 +22,7 @@ use std::{
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::info;
 
 #[derive(Parser)]
 #[command(
@@ -120,6 +127,17 @@ struct RunArgs {
     /// production, where it would let an annotation break a serving model.
     #[arg(long, env = "MLOPS_ENABLE_FAULT_INJECTION")]
     enable_fault_injection: bool,
+    /// The Pod Security Standard level (restricted, baseline or privileged) every pod a
+    /// user's spec shapes (a TrainingJob's trainer template) must meet, in namespaces
+    /// without their own `--pod-security-level`. A spec breaking it gets no Job: it stalls
+    /// with reason PodPolicyViolation naming each field.
+    #[arg(long, env = "MLOPS_DEFAULT_POD_SECURITY_LEVEL", default_value = "restricted")]
+    default_pod_security_level: Level,
+    /// `NAMESPACE=LEVEL`: another level for one namespace (repeatable; the variable takes a
+    /// comma-separated list), e.g. `research=baseline` to allow root trainers there.
+    #[arg(long = "pod-security-level", env = "MLOPS_POD_SECURITY_LEVELS", value_delimiter = ',',
+          value_parser = policy::parse_namespace_level, value_name = "NAMESPACE=LEVEL")]
+    pod_security_levels: Vec<(String, Level)>,
     /// Name of the leader-election Lease.
     #[arg(long, default_value = DEFAULT_LEASE_NAME)]
     lease_name: String,
@@ -129,6 +147,10 @@ struct RunArgs {
     /// Seconds between renewals (and between attempts of a standby).
     #[arg(long, default_value_t = 2)]
     lease_retry_seconds: u64,
+    /// Seconds the leader may go without renewing before it stops reconciling; less than
+    /// --lease-duration-seconds [default: two thirds of it]
+    #[arg(long)]
+    lease_renew_deadline_seconds: Option<u64>,
 }
 
 #[tokio::main]
@@ -169,6 +191,14 @@ async fn main() -> anyhow::Result<()> {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format);
+    let lease_duration = Duration::from_secs(args.lease_duration_seconds);
+    let timing = leader::Timing::new(
+        lease_duration,
+        args.lease_renew_deadline_seconds
+            .map_or_else(|| leader::Timing::default_renew_deadline(lease_duration), Duration::from_secs),
+        Duration::from_secs(args.lease_retry_seconds),
+    )
+    .context("invalid leader election timing (--lease-duration-seconds, --lease-renew-deadline-seconds, --lease-retry-seconds)")?;
     let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
     let metrics = metrics::Metrics::new();
     let ready = Arc::new(AtomicBool::new(false));
@@ -191,63 +221,39 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let server = tokio::spawn(http::serve(listener, health, stopped(stop_rx.clone())));
 
     let identity = args.identity.unwrap_or_else(default_identity);
-    let mut elector = leader::LeaderElector::new(
+    // Ready while the replica's Lease requests get answers, as leader or as standby (the
+    // elector sets it): a standby that reports unready would stall every rolling update
+    // and block drains under the PodDisruptionBudget.
+    let elector = leader::LeaderElector::new(
         client.clone(),
         leader::LeaseConfig {
             namespace: args.namespace.clone(),
             name: args.lease_name,
             identity: identity.clone(),
-            lease_duration: Duration::from_secs(args.lease_duration_seconds),
-            retry_period: Duration::from_secs(args.lease_retry_seconds),
+            timing,
         },
+        leader::Signals { leader: metrics.leader.clone(), ready },
     );
-    // Ready once the API server has answered: from then on a standby is doing its job,
-    // which is to wait. Until then (an unreachable or misconfigured API server) /readyz
-    // says so instead of pretending.
-    tokio::spawn({
-        let (client, ready) = (client.clone(), ready.clone());
-        async move {
-            loop {
-                match client.apiserver_version().await {
-                    Ok(_) => break ready.store(true, std::sync::atomic::Ordering::Relaxed),
-                    Err(e) => warn!(error = %e, "the API server does not answer yet"),
-                }
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            }
-        }
-    });
-
-    let mut rx = stop_rx.clone();
-    tokio::select! {
-        _ = elector.acquire() => {}
-        _ = rx.wait_for(|s| *s) => {
-            let _ = server.await;
-            return Ok(());
-        }
-    }
-    metrics.leader.set(1);
-
-    let ctx = controllers::Context::new(
-        client,
-        metrics.clone(),
-        identity,
-        args.watch_namespace,
-        args.prometheus_url.as_deref(),
-        args.runtime_image,
-        args.enable_fault_injection,
-    );
-    let controllers = controllers::run_all(ctx, stop_rx.clone());
-    let outcome = tokio::select! {
-        _ = controllers => Ok(()),
-        _ = elector.hold() => {
-            error!("leadership lost: exiting so that no two replicas reconcile at once");
-            Err(anyhow::anyhow!("leadership lost"))
-        }
+    // Each term of leadership gets fresh controllers; the elector cancels them when the
+    // term ends.
+    let settings = controllers::Settings {
+        watch_namespace: args.watch_namespace,
+        prometheus_url: args.prometheus_url,
+        runtime_image: args.runtime_image,
+        fault_injection: args.enable_fault_injection,
+        pod_policy: PodPolicy {
+            default: args.default_pod_security_level,
+            namespaces: args.pod_security_levels.into_iter().collect(),
+        },
     };
-    metrics.leader.set(0);
-    elector.release().await;
-    server.abort();
-    outcome
+    let term = || {
+        let ctx =
+            controllers::Context::new(client.clone(), metrics.clone(), identity.clone(), settings.clone());
+        controllers::run_all(ctx, stop_rx.clone())
+    };
+    elector.run(stop_rx.clone(), term).await;
+    let _ = server.await;
+    Ok(())
 }
 
 fn default_identity() -> String {

@@ -82,7 +82,7 @@ async fn a_training_run_produces_one_validated_model_version_with_lineage() {
     assert_eq!(job.metadata.labels.as_ref().unwrap()["mlops.dev/run"], "iris-r1");
     let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
     let c = &pod.containers[0];
-    assert_eq!(c.termination_message_policy.as_deref(), Some("FallbackToLogsOnError"));
+    assert_eq!(c.termination_message_policy.as_deref(), Some("File"));
     assert_eq!(c.security_context.as_ref().unwrap().allow_privilege_escalation, Some(false));
     assert_eq!(pod.security_context.as_ref().unwrap().run_as_non_root, Some(true));
     let env_of = |name: &str| c.env.iter().flatten().find(|e| e.name == name).and_then(|e| e.value.clone());

@@ -34,6 +34,21 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::{api::FIELD_MANAGER, metrics::Metrics};
 
+/// What the operator's flags set for the controllers.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    /// Only this namespace is watched when set (a namespace-scoped install, or a test).
+    pub watch_namespace: Option<String>,
+    /// Prometheus base URL for metric checks; `None` makes every metric check a query error.
+    pub prometheus_url: Option<String>,
+    /// The reference runtime image, which runs the data trigger's dataset checks.
+    pub runtime_image: String,
+    /// Honour the `mlops.dev/test-fault-env` annotation (tests and demos only).
+    pub fault_injection: bool,
+    /// The pod security level of each namespace, which the pods users shape must meet.
+    pub pod_policy: pod_security::policy::PodPolicy,
+}
+
 /// What every reconcile needs.
 pub struct Context {
     pub client: Client,
@@ -47,30 +62,25 @@ pub struct Context {
     pub runtime_image: String,
     /// Honour the `mlops.dev/test-fault-env` annotation (tests and demos only).
     pub fault_injection: bool,
+    /// The pod security level of each namespace, which the pods users shape must meet.
+    pub pod_policy: pod_security::policy::PodPolicy,
     /// Consecutive failed reconciles per object, for exponential backoff, and the last
     /// failure's message (a Warning Event is published once per distinct failure).
     failures: Mutex<HashMap<String, (u32, String)>>,
 }
 
 impl Context {
-    pub fn new(
-        client: Client,
-        metrics: Metrics,
-        instance: String,
-        watch_namespace: Option<String>,
-        prometheus_url: Option<&str>,
-        runtime_image: String,
-        fault_injection: bool,
-    ) -> Arc<Context> {
+    pub fn new(client: Client, metrics: Metrics, instance: String, settings: Settings) -> Arc<Context> {
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(instance) };
         Arc::new(Context {
             reporter,
             client,
             metrics,
-            watch_namespace,
-            runtime_image,
-            fault_injection,
-            prometheus: prometheus_url.map(crate::analysis::prometheus::Prometheus::new),
+            watch_namespace: settings.watch_namespace,
+            runtime_image: settings.runtime_image,
+            fault_injection: settings.fault_injection,
+            pod_policy: settings.pod_policy,
+            prometheus: settings.prometheus_url.as_deref().map(crate::analysis::prometheus::Prometheus::new),
             failures: Mutex::default(),
         })
     }
@@ -323,6 +333,16 @@ pub fn truncate(mut s: String, max: usize) -> String {
         s.push('…');
     }
     s
+}
+
+/// The settings of the shell tests' operator: namespace `ns`, nothing else configured.
+#[cfg(test)]
+pub fn test_settings() -> Settings {
+    Settings {
+        watch_namespace: Some("ns".into()),
+        runtime_image: "runtime:dev".into(),
+        ..Settings::default()
+    }
 }
 
 /// Runs every controller until `shutdown` resolves.

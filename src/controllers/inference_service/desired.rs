@@ -421,7 +421,7 @@ pub fn autoscaler(isvc: &InferenceService) -> Option<HorizontalPodAutoscaler> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{controllers::pod_security::restricted::restricted_violations, rollout::traffic::Placement};
+    use crate::{controllers::pod_security::policy::restricted_violations, rollout::traffic::Placement};
 
     #[test]
     fn the_service_selects_the_stable_version_alone_unless_a_canary_takes_traffic() {
@@ -519,6 +519,8 @@ mod tests {
                 assert_eq!(restricted_violations(pod), Vec::<String>::new(), "{preset}");
                 let sc = pod.security_context.as_ref().unwrap();
                 assert_eq!((sc.run_as_user, sc.run_as_group), (Some(user), Some(user)), "{preset}");
+                // A server has no business with the Kubernetes API.
+                assert_eq!(pod.automount_service_account_token, Some(false), "{preset}");
                 let c = &pod.containers[0];
                 assert_eq!(c.security_context.as_ref().unwrap().read_only_root_filesystem, Some(true));
                 let paths: Vec<&str> =

@@ -11,7 +11,10 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::{
-    controllers::mock_api::{self, Call, Reply},
+    controllers::{
+        mock_api::{self, Call, Reply},
+        test_settings,
+    },
     metrics::Metrics,
 };
 
@@ -124,15 +127,7 @@ type Log = Arc<Mutex<Vec<Call>>>;
 async fn pass(cluster: &Arc<Mutex<Cluster>>) -> (Result<Action>, Log) {
     let state = cluster.clone();
     let (client, log) = mock_api::client(move |call: &Call| state.lock().unwrap().respond(call));
-    let ctx = Context::new(
-        client,
-        Metrics::new(),
-        "test".into(),
-        Some("ns".into()),
-        None,
-        "runtime:dev".into(),
-        false,
-    );
+    let ctx = Context::new(client, Metrics::new(), "test".into(), test_settings());
     let isvc: InferenceService = serde_json::from_value(cluster.lock().unwrap().isvc.clone()).unwrap();
     let result = reconcile(Arc::new(isvc), ctx).await;
     (result, log)

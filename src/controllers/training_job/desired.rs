@@ -25,7 +25,13 @@ use crate::{
         self, Gate, TrainingJob,
         training_job::{DEFAULT_MASTER_PORT, DataValidation, OutlierMethod, RunTrigger, Source, Split},
     },
-    controllers::{names, pod_security},
+    controllers::{
+        names,
+        pod_security::{
+            self,
+            policy::{self, Level},
+        },
+    },
 };
 
 /// Name of the trainer container (also the one looked up in a user's pod template).
@@ -326,7 +332,9 @@ fn pod_template(
     if let Some(r) = &trainer.resources {
         c.resources = Some(r.clone());
     }
-    c.termination_message_policy = Some("FallbackToLogsOnError".into());
+    // Only what the trainer writes becomes its message: never its logs, which may hold
+    // anything it printed (a secret from its environment included).
+    c.termination_message_policy = Some("File".into());
     c.volume_mounts.get_or_insert_with(Vec::new).extend(mounts);
 
     let mut ours = contract_env(tj, run, &dataset_uri, &output_uri);
@@ -341,6 +349,27 @@ fn pod_template(
     let trainer_name = c.name.clone();
     pod_security::secure_pod(spec, pod_security::NONROOT, &[&trainer_name]);
     Ok(template)
+}
+
+/// Where the trainer's pod template sits in a TrainingJob: the prefix of every field the
+/// pod policy names.
+pub const TEMPLATE_PATH: &str = "spec.trainer.template.";
+
+/// The message refusing the pods of `tj`'s runs under the namespace's pod policy `level`,
+/// naming each field of `trainer.template` it does not allow; `None` when they may run.
+/// Judged on the pod a run gets (the template with the operator's additions and secure
+/// defaults), which keeps the template's indices: the operator only appends.
+pub fn pod_policy_refusal(tj: &TrainingJob, level: Level) -> Option<String> {
+    let probe = RunRef {
+        name: run_name(&tj.name_any(), 0),
+        number: 0,
+        generation: 0,
+        trigger: RunTrigger::default(),
+    };
+    // A template the operator cannot complete fails as a spec error when the run starts.
+    let template = pod_template(tj, &probe, &BTreeMap::new()).ok()?;
+    let found = policy::violations(level, &template);
+    policy::refusal(&found, TEMPLATE_PATH, level, &tj.namespace().unwrap_or_default())
 }
 
 /// `MLOPS_TERMINATION_MESSAGE_PATH`: the file the kubelet reads the container's termination

@@ -6,6 +6,7 @@ use k8s_openapi::{
 };
 
 use super::*;
+use crate::controllers::pod_security::policy::Level;
 use crate::{
     api::{
         ModelVersionSpec,
@@ -331,7 +332,7 @@ fn a_failed_run_records_the_exit_code_and_the_trainers_message() {
         message: Some("bad data: column x is not numeric\n".into()),
         exit_code: Some(2),
         reason: Some("Error".into()),
-        image_id: None,
+        ..PodOutcome::default()
     };
     let p = plan_at(&tj, &observed(jobs.clone(), vec![("iris-r1", pod)], at(10)));
     let r = &p.status.runs[0];
@@ -357,13 +358,23 @@ fn a_failed_run_records_the_exit_code_and_the_trainers_message() {
     }
     assert_eq!(condition(&p, cond::RECONCILING).status, "False");
 
-    // Killed without a message (OOM): the exit code and the Job's words.
+    // Killed without a message (OOM): the exit code, why, and where its output is; never
+    // the output itself.
     let pod = PodOutcome { exit_code: Some(137), reason: Some("OOMKilled".into()), ..PodOutcome::default() };
-    let p = plan_at(&tj, &observed(jobs, vec![("iris-r1", pod)], at(10)));
+    let p = plan_at(&tj, &observed(jobs.clone(), vec![("iris-r1", pod)], at(10)));
     assert_eq!(
         p.status.runs[0].message.as_deref(),
-        Some("trainer exited 137 (Job has reached the specified backoff limit)")
+        Some(
+            "trainer exited 137 (OOMKilled, signal 9, SIGKILL) without a termination message; \
+             its output: kubectl logs job/iris-r1 -n ml"
+        )
     );
+
+    // A long message is one line of status, not a log.
+    let pod = PodOutcome { message: Some("x".repeat(4096)), exit_code: Some(1), ..PodOutcome::default() };
+    let p = plan_at(&tj, &observed(jobs, vec![("iris-r1", pod)], at(10)));
+    let message = p.status.runs[0].message.clone().unwrap();
+    assert!(message.len() < 600 && message.starts_with("trainer exited 1: xxx"), "{message}");
 }
 
 #[test]
@@ -613,4 +624,48 @@ fn a_pass_replaces_the_conditions_of_a_failed_pass() {
     // The check Job of a data trigger and the run's Job are both children.
     let kinds: Vec<_> = p.children.iter().map(|c| c.key()).collect();
     assert_eq!(kinds, vec![("Job".to_string(), "iris-r1".to_string())]);
+}
+
+/// Finding 3: a template the namespace's pod policy refuses gets no Job (nor a dataset
+/// check, which would run under its ServiceAccount): `Stalled=True` naming the fields, one
+/// Event, nothing more until the spec or the policy changes.
+#[test]
+fn a_template_the_pod_policy_refuses_starts_nothing_and_says_which_fields_once() {
+    let mut tj =
+        tj(Retrain { data: Some(DataTrigger { check_interval_seconds: Some(60) }), ..Retrain::default() });
+    tj.spec.dataset.uri = "s3://data/iris.csv".into();
+    tj.spec.trainer.template = Some(
+        serde_json::from_value(serde_json::json!({"spec": {"hostPID": true, "containers": [
+            {"name": "trainer"},
+            {"name": "helper", "securityContext": {"privileged": true}}]}}))
+        .unwrap(),
+    );
+    let pass = |tj: &TrainingJob, level, now| {
+        let inputs = Inputs { pod_security_level: level, ..Inputs::default() };
+        plan(tj, &inputs, now)
+    };
+    let p = pass(&tj, Level::Restricted, at(0).0);
+    assert!(p.children.is_empty() && p.started.is_none(), "{:?}", p.children);
+    let expected = "spec.trainer.template.spec.hostPID: true; \
+                    spec.trainer.template.spec.containers[1].securityContext.privileged: true; \
+                    spec.trainer.template.spec.containers[1].securityContext.allowPrivilegeEscalation: \
+                    unset (must be false) are not allowed by the restricted pod policy of namespace ml";
+    for type_ in [cond::STALLED, cond::READY] {
+        let c = condition(&p, type_);
+        assert_eq!((c.reason.as_str(), c.message.as_str()), (policy::REASON, expected), "{type_}");
+    }
+    assert_eq!(condition(&p, cond::STALLED).status, "True");
+    assert_eq!(condition(&p, cond::RECONCILING).status, "False");
+    assert_eq!(p.events, [EventNote { warning: true, reason: policy::REASON, note: expected.into() }]);
+    // Seen again (a resync, a restart): no Event, no child.
+    tj.status = Some(p.status.clone());
+    let again = pass(&tj, Level::Restricted, at(600).0);
+    assert!(again.children.is_empty() && again.events.is_empty(), "{:?}", again.events);
+
+    // A namespace the admin allows privileged: the run starts as the template says.
+    let p = pass(&tj, Level::Privileged, at(700).0);
+    assert_eq!(p.started.as_ref().map(|r| r.name.as_str()), Some("iris-r1"));
+    assert_eq!(condition(&p, cond::STALLED).status, "False");
+    let names: Vec<String> = p.children.iter().map(|c| c.object.name_any()).collect();
+    assert_eq!(names, ["iris-dc-1735690300", "iris-r1"], "the dataset check too");
 }

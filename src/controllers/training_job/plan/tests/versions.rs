@@ -34,6 +34,7 @@ fn the_model_version_records_the_whole_lineage_of_what_ran() {
         exit_code: Some(0),
         reason: Some("Completed".into()),
         image_id: Some("docker.io/library/trainer@sha256:cccc".into()),
+        ..PodOutcome::default()
     };
     let p = plan_at(&tj, &observed(jobs, vec![("iris-r1", pod)], at(60)));
     assert_eq!(p.creates.len(), 1);
