@@ -22,6 +22,9 @@ pub struct Rule<'a> {
 const READ: &[&str] = &["get", "list", "watch"];
 /// Server-side apply (patch, and create when the object is new), and delete for pruning.
 const OWN_CHILDREN: &[&str] = &["get", "list", "watch", "create", "patch", "delete"];
+/// Children no controller watches: read by name (the ownership check) and listed by label.
+const UNWATCHED_CHILDREN: &[&str] = &["get", "list", "create", "patch", "delete"];
+const LIST_WATCH: &[&str] = &["list", "watch"];
 const PATCH: &[&str] = &["patch"];
 const UPDATE: &[&str] = &["update"];
 
@@ -89,7 +92,7 @@ pub const OPERATOR: &[Rule<'static>] = &[
     rule(
         &[""],
         &["services"],
-        OWN_CHILDREN,
+        UNWATCHED_CHILDREN,
         "The headless Service of a distributed run; an InferenceService's Service and, with \
          Gateway API routing, one per role (deleted when routing no longer needs them).",
     ),
@@ -102,20 +105,20 @@ pub const OPERATOR: &[Rule<'static>] = &[
     rule(
         &["autoscaling"],
         &["horizontalpodautoscalers"],
-        OWN_CHILDREN,
+        UNWATCHED_CHILDREN,
         "The HorizontalPodAutoscaler of an InferenceService with autoscaling.",
     ),
     rule(
         &["gateway.networking.k8s.io"],
         &["httproutes"],
-        OWN_CHILDREN,
+        UNWATCHED_CHILDREN,
         "The HTTPRoute that weights traffic between stable and canary (Gateway API routing).",
     ),
     // --- Pods and Events ---
     rule(
         &[""],
         &["pods"],
-        READ,
+        LIST_WATCH,
         "Trainer results are read from the terminated pods' status; canary health from the \
          serving pods.",
     ),
