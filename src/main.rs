@@ -4,7 +4,9 @@
 //! and `/readyz`; `crd` prints the CustomResourceDefinitions generated from `api/`, and
 //! `rbac` the permissions the operator needs (from `rbac.rs`).
 
-use mlops_operator::{api, controllers, http, leader, metrics, rbac, telemetry};
+use mlops_operator::{
+    analysis::prometheus, analysis::scope, api, controllers, http, leader, metrics, rbac, telemetry,
+};
 
 use std::{
     net::SocketAddr,
@@ -31,7 +33,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run every controller (behind leader election).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions as YAML.
     Crd,
     /// Print the RBAC rules the operator needs, as the YAML `rules` list of a Role.
@@ -79,6 +81,21 @@ struct RunArgs {
     /// Prometheus base URL for metric checks, e.g. http://prometheus.monitoring:9090.
     #[arg(long, env = "MLOPS_PROMETHEUS_URL")]
     prometheus_url: Option<String>,
+    /// The series label that holds a pod's namespace in that Prometheus. Every query of an
+    /// object is limited to series with this label equal to the object's namespace.
+    #[arg(long, env = "MLOPS_PROMETHEUS_NAMESPACE_LABEL", default_value = prometheus::DEFAULT_NAMESPACE_LABEL)]
+    prometheus_namespace_label: String,
+    /// Seconds one Prometheus query may take in all (Prometheus is asked to stop evaluating
+    /// a second earlier).
+    #[arg(long, env = "MLOPS_PROMETHEUS_TIMEOUT_SECONDS", default_value_t = prometheus::DEFAULT_TIMEOUT_SECONDS,
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    prometheus_timeout_seconds: u64,
+    /// Bytes of a Prometheus answer read at most; a larger answer is a query error.
+    #[arg(long, env = "MLOPS_PROMETHEUS_MAX_RESPONSE_BYTES", default_value_t = prometheus::DEFAULT_MAX_RESPONSE_BYTES)]
+    prometheus_max_response_bytes: usize,
+    /// Series in a Prometheus result at most; more is a query error.
+    #[arg(long, env = "MLOPS_PROMETHEUS_MAX_SERIES", default_value_t = prometheus::DEFAULT_MAX_SERIES)]
+    prometheus_max_series: usize,
     /// The reference runtime image (`mlops-runtime`); the data trigger's dataset checks of
     /// `s3://` and `pvc://` datasets run it.
     #[arg(long, env = "MLOPS_RUNTIME_IMAGE", default_value = controllers::inference_service::desired::MLOPS_RUNTIME_IMAGE)]
@@ -92,10 +109,24 @@ struct RunArgs {
     /// Seconds between renewals (and between attempts of a standby).
     #[arg(long, default_value_t = 2)]
     lease_retry_seconds: u64,
+    /// Seconds the reconciles in flight at SIGTERM may take to finish; then the operator
+    /// releases its Lease and exits without them.
+    #[arg(long, env = "MLOPS_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
+    shutdown_grace_seconds: u64,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Timeouts of the Kubernetes API client. A watch is one long request that the API server
+/// ends after the watch's `timeoutSeconds` (kube-runtime asks for 290 s, and drops a watch
+/// silent 5 s longer), so the read timeout (the longest silence on a connection) exceeds
+/// that; a plain call silent that long is abandoned too.
+const KUBE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const KUBE_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+const KUBE_READ_TIMEOUT: Duration = Duration::from_secs(300);
+/// Releasing the Lease at exit is a courtesy to the standby (the Lease expires anyway):
+/// never worth waiting long for.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crd => {
             print!("{}", api::crds_yaml());
@@ -110,13 +141,55 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Run(args) => run(args).await,
+        Command::Run(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            let outcome = runtime.block_on(run(*args));
+            // Whatever is still running past the grace period (a stalled request, a dataset
+            // being hashed on a blocking thread) does not hold the exit.
+            runtime.shutdown_timeout(Duration::from_secs(1));
+            outcome
+        }
     }
+}
+
+/// A Kubernetes client whose every call has a timeout; `read_timeout` as for
+/// [`KUBE_READ_TIMEOUT`].
+fn kube_client(config: &kube::Config, read_timeout: Duration) -> anyhow::Result<kube::Client> {
+    let mut config = config.clone();
+    config.connect_timeout = Some(KUBE_CONNECT_TIMEOUT);
+    config.write_timeout = Some(KUBE_WRITE_TIMEOUT);
+    config.read_timeout = Some(read_timeout);
+    // Counted from each request, not from when its pooled connection went idle.
+    config.reset_reader_on_write = true;
+    kube::Client::try_from(config).context("building the Kubernetes client")
+}
+
+/// The Prometheus client from the flags, if a URL is given.
+fn prometheus_client(args: &RunArgs) -> anyhow::Result<Option<prometheus::Prometheus>> {
+    let label = &args.prometheus_namespace_label;
+    if !scope::valid_label_name(label) {
+        anyhow::bail!("--prometheus-namespace-label {label:?} is not a Prometheus label name");
+    }
+    let limits = prometheus::Limits {
+        timeout: Duration::from_secs(args.prometheus_timeout_seconds),
+        max_response_bytes: args.prometheus_max_response_bytes,
+        max_series: args.prometheus_max_series,
+    };
+    Ok(args.prometheus_url.as_deref().map(|url| prometheus::Prometheus::new(url, label, limits)))
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format);
-    let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
+    let prometheus = prometheus_client(&args)?;
+    let config = kube::Config::infer().await.context("connecting to the Kubernetes API")?;
+    let client = kube_client(&config, KUBE_READ_TIMEOUT)?;
+    // Lease calls never wait longer than half a lease: a renewal that hung past the lease
+    // would leave this replica reconciling after a standby took over.
+    let lease_client = kube_client(&config, Duration::from_secs(args.lease_duration_seconds.max(2) / 2))?;
+    let grace = Duration::from_secs(args.shutdown_grace_seconds);
     let metrics = metrics::Metrics::new();
     let ready = Arc::new(AtomicBool::new(false));
 
@@ -139,7 +212,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let identity = args.identity.unwrap_or_else(default_identity);
     let mut elector = leader::LeaderElector::new(
-        client.clone(),
+        lease_client,
         leader::LeaseConfig {
             namespace: args.namespace.clone(),
             name: args.lease_name,
@@ -168,7 +241,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tokio::select! {
         _ = elector.acquire() => {}
         _ = rx.wait_for(|s| *s) => {
-            let _ = server.await;
+            let _ = tokio::time::timeout(grace, server).await;
             return Ok(());
         }
     }
@@ -179,19 +252,32 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.clone(),
         identity,
         args.watch_namespace,
-        args.prometheus_url.as_deref(),
+        prometheus,
         args.runtime_image,
     );
     let controllers = controllers::run_all(ctx, stop_rx.clone());
+    // On SIGTERM the controllers finish the reconciles in flight, for the grace period at
+    // most: a stalled request must not keep the process (and its renewed Lease) alive.
+    let grace_over = async {
+        stopped(stop_rx.clone()).await;
+        tokio::time::sleep(grace).await;
+    };
     let outcome = tokio::select! {
         _ = controllers => Ok(()),
+        _ = grace_over => {
+            warn!(grace_seconds = grace.as_secs(), "reconciles still in flight after the grace period: exiting without them");
+            Ok(())
+        }
         _ = elector.hold() => {
             error!("leadership lost: exiting so that no two replicas reconcile at once");
             Err(anyhow::anyhow!("leadership lost"))
         }
     };
+    // The Lease is no longer renewed from here (`hold` is dropped).
     metrics.leader.set(0);
-    elector.release().await;
+    if tokio::time::timeout(RELEASE_TIMEOUT, elector.release()).await.is_err() {
+        warn!("releasing the leader lease timed out; it expires by itself");
+    }
     server.abort();
     outcome
 }

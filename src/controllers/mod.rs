@@ -54,7 +54,7 @@ impl Context {
         metrics: Metrics,
         instance: String,
         watch_namespace: Option<String>,
-        prometheus_url: Option<&str>,
+        prometheus: Option<crate::analysis::prometheus::Prometheus>,
         runtime_image: String,
     ) -> Arc<Context> {
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(instance) };
@@ -64,7 +64,7 @@ impl Context {
             metrics,
             watch_namespace,
             runtime_image,
-            prometheus: prometheus_url.map(crate::analysis::prometheus::Prometheus::new),
+            prometheus,
             failures: Mutex::default(),
         })
     }
