@@ -66,7 +66,7 @@ YAML
 
 metrics_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 ./target/debug/mlops-operator run --metrics-addr "127.0.0.1:$metrics_port" --namespace "$NS" --watch-namespace "$NS" \
-  --prometheus-url "$(cat .dev/prometheus-url)" >"$demo/operator.log" 2>&1 &
+  --prometheus-url "$(cat .dev/prometheus-url)" --enable-fault-injection >"$demo/operator.log" 2>&1 &
 operator=$!
 traffic=
 cleanup() {

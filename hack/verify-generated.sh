@@ -46,6 +46,10 @@ operator rbac operator >"$tmp/operator-rules.yaml"
 # The chart renders this file with tpl, so the Lease it names is the configured one.
 operator rbac leader-election --lease-name '{{ .Values.leaderElection.leaseName }}' \
   >"$tmp/leader-election-rules.yaml"
+# The uninstall hook's rules (templates/uninstall-hook.yaml), the Deployment named likewise.
+operator rbac uninstall >"$tmp/uninstall-rules.yaml"
+operator rbac uninstall-release --deployment-name '{{ .Deployment }}' \
+  >"$tmp/uninstall-release-rules.yaml"
 
 if [[ -d crds ]] || ((update)); then
   check_or_update crds/mlops.dev.yaml "$tmp/crds.yaml"
@@ -55,7 +59,7 @@ if [[ -d $CHART ]]; then
   # The chart templates the same CRDs (templates/crds.yaml reads files/crds/) and includes
   # the rules (templates/rbac.yaml reads files/rbac/).
   check_or_update "$CHART/files/crds/mlops.dev.yaml" "$tmp/crds.yaml"
-  for rules in operator-rules.yaml leader-election-rules.yaml; do
+  for rules in operator-rules.yaml leader-election-rules.yaml uninstall-rules.yaml uninstall-release-rules.yaml; do
     check_or_update "$CHART/files/rbac/$rules" "$tmp/$rules"
   done
 
@@ -87,7 +91,8 @@ metadata:
     pod-security.kubernetes.io/enforce: restricted
     pod-security.kubernetes.io/enforce-version: latest
 EOF
-    "$helm" template "$RELEASE" "$tmp/chart" --namespace "$INSTALL_NAMESPACE"
+    # No hooks: the uninstall hook is Helm's; plain-manifest users run `mlops-operator uninstall`.
+    "$helm" template "$RELEASE" "$tmp/chart" --namespace "$INSTALL_NAMESPACE" --no-hooks
   } >"$tmp/install.yaml"
   check_or_update manifests/install.yaml "$tmp/install.yaml"
 fi

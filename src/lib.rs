@@ -11,3 +11,4 @@ pub mod metrics;
 pub mod rbac;
 pub mod rollout;
 pub mod telemetry;
+pub mod uninstall;

@@ -38,6 +38,29 @@ enum Command {
     Crd,
     /// Print the RBAC rules the operator needs, as the YAML `rules` list of a Role.
     Rbac(RbacArgs),
+    /// Stop the operator (scale its Deployment to zero) and remove its finalizer from every
+    /// ModelVersion, so that uninstalling leaves no namespace stuck in Terminating. The
+    /// chart's pre-delete hook runs it.
+    Uninstall(UninstallArgs),
+}
+
+#[derive(clap::Args)]
+struct UninstallArgs {
+    /// The operator's namespace.
+    #[arg(long, env = "POD_NAMESPACE")]
+    namespace: String,
+    /// The operator's Deployment.
+    #[arg(long)]
+    deployment: String,
+    /// Label selector of the operator's pods (waited for before any finalizer goes).
+    #[arg(long)]
+    selector: String,
+    /// Release only this namespace's versions (a namespace-scoped install).
+    #[arg(long, env = "MLOPS_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// Seconds to wait for the operator's pods to stop.
+    #[arg(long, default_value_t = 120)]
+    timeout_seconds: u64,
 }
 
 /// Name of the leader-election Lease unless `--lease-name` says otherwise.
@@ -51,6 +74,9 @@ struct RbacArgs {
     /// The Lease the leader-election rules grant.
     #[arg(long, default_value = DEFAULT_LEASE_NAME)]
     lease_name: String,
+    /// The Deployment the uninstall hook scales to zero.
+    #[arg(long, default_value = "mlops-operator")]
+    deployment_name: String,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -59,6 +85,12 @@ enum RbacRole {
     Operator,
     /// Leader election, a Role in the operator's own namespace.
     LeaderElection,
+    /// The uninstall hook's rules on the versions (a ClusterRole, or a Role in the watched
+    /// namespace).
+    Uninstall,
+    /// The uninstall hook's rules in the operator's own namespace (its Deployment's name as
+    /// `--lease-name`'s counterpart `--deployment-name`).
+    UninstallRelease,
 }
 
 #[derive(clap::Args)]
@@ -100,6 +132,11 @@ struct RunArgs {
     /// `s3://` and `pvc://` datasets run it.
     #[arg(long, env = "MLOPS_RUNTIME_IMAGE", default_value = controllers::inference_service::desired::MLOPS_RUNTIME_IMAGE)]
     runtime_image: String,
+    /// Honour the `mlops.dev/test-fault-env` ModelVersion annotation, which injects faults
+    /// into a version's server pods. For end-to-end tests and demos only: never in
+    /// production, where it would let an annotation break a serving model.
+    #[arg(long, env = "MLOPS_ENABLE_FAULT_INJECTION")]
+    enable_fault_injection: bool,
     /// Name of the leader-election Lease.
     #[arg(long, default_value = DEFAULT_LEASE_NAME)]
     lease_name: String,
@@ -138,21 +175,40 @@ fn main() -> anyhow::Result<()> {
                 RbacRole::LeaderElection => {
                     print!("{}", rbac::rules_yaml(&rbac::leader_election(&args.lease_name)))
                 }
+                RbacRole::Uninstall => print!("{}", rbac::rules_yaml(rbac::UNINSTALL)),
+                RbacRole::UninstallRelease => {
+                    print!("{}", rbac::rules_yaml(&rbac::uninstall_release(&args.deployment_name)))
+                }
             }
             Ok(())
         }
-        Command::Run(args) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("starting the async runtime")?;
-            let outcome = runtime.block_on(run(*args));
-            // Whatever is still running past the grace period (a stalled request, a dataset
-            // being hashed on a blocking thread) does not hold the exit.
-            runtime.shutdown_timeout(Duration::from_secs(1));
-            outcome
-        }
+        Command::Run(args) => block_on(run(*args)),
+        Command::Uninstall(args) => block_on(async move {
+            telemetry::init(telemetry::LogFormat::Text);
+            let config = kube::Config::infer().await.context("connecting to the Kubernetes API")?;
+            let uninstall = mlops_operator::uninstall::Uninstall {
+                namespace: args.namespace,
+                deployment: args.deployment,
+                selector: args.selector,
+                watch_namespace: args.watch_namespace.filter(|ns| !ns.is_empty()),
+                timeout: Duration::from_secs(args.timeout_seconds),
+            };
+            uninstall.run(kube_client(&config, KUBE_READ_TIMEOUT)?).await
+        }),
     }
+}
+
+/// Runs `work` to its end on a multi-threaded runtime. Whatever is still running then (a
+/// request stalled past the grace period, a task on a blocking thread)
+/// does not hold the exit.
+fn block_on(work: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let outcome = runtime.block_on(work);
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    outcome
 }
 
 /// A Kubernetes client whose every call has a timeout; `read_timeout` as for
@@ -254,6 +310,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.watch_namespace,
         prometheus,
         args.runtime_image,
+        args.enable_fault_injection,
     );
     let controllers = controllers::run_all(ctx, stop_rx.clone());
     // On SIGTERM the controllers finish the reconciles in flight, for the grace period at

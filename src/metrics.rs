@@ -20,6 +20,9 @@ pub struct Metrics {
     training: TrainingMetrics,
 }
 
+/// Every `trigger` label value of the training run counters.
+const TRIGGERS: [&str; 5] = ["spec", "manual", "schedule", "drift", "data"];
+
 /// Continuous-training metrics, recorded by the TrainingJob controller.
 #[derive(Clone)]
 struct TrainingMetrics {
@@ -216,6 +219,27 @@ impl Metrics {
     pub fn forget_training_job(&self, namespace: &str, training_job: &str) {
         self.training_last_success(namespace, training_job, None);
         self.retrain_drift(namespace, training_job, None);
+        for trigger in TRIGGERS {
+            let _ = self.training.runs_started.remove_label_values(&[namespace, training_job, trigger]);
+            for outcome in ["succeeded", "failed"] {
+                let _ = self.training.runs_finished.remove_label_values(&[
+                    namespace,
+                    training_job,
+                    trigger,
+                    outcome,
+                ]);
+            }
+        }
+    }
+
+    /// Drops a deleted InferenceService's series (its delivery metrics), so a cluster where
+    /// services come and go does not grow `/metrics` forever.
+    pub fn forget_inference_service(&self, namespace: &str, service: &str) {
+        for outcome in ["promoted", "rolled_back"] {
+            let _ = self.deployments.remove_label_values(&[namespace, service, outcome]);
+        }
+        let _ = self.lead_time.remove_label_values(&[namespace, service]);
+        let _ = self.time_to_restore.remove_label_values(&[namespace, service]);
     }
 
     /// Counts a reconciliation and times it until the returned guard is dropped.

@@ -56,10 +56,11 @@ pub const OPERATOR: &[Rule<'static>] = &[
     rule(
         &[GROUP],
         &["modelversions"],
-        &["get", "list", "watch", "create", "patch"],
+        &["get", "list", "watch", "create", "patch", "delete"],
         "ModelVersion controller: watches versions and adds or removes its finalizer (patch); the \
-         TrainingJob controller creates a version per successful run; the InferenceService \
-         controller reads the versions of its model.",
+         TrainingJob controller creates a version per successful run and deletes the versions it \
+         produced beyond modelVersion.retention; the InferenceService controller reads the \
+         versions of its model.",
     ),
     rule(&[GROUP], &["modelversions/status"], PATCH, "ModelVersion status (server-side apply)."),
     rule(
@@ -154,6 +155,33 @@ pub fn leader_election(lease_name: &str) -> [Rule<'_>; 2] {
                 "Read the Lease, then acquire, renew and release it.",
             )
         },
+    ]
+}
+
+/// The uninstall hook's rules where the versions are (cluster-wide, or the watched
+/// namespace): it lists ModelVersions and patches its finalizer away.
+pub const UNINSTALL: &[Rule<'static>] = &[rule(
+    &[GROUP],
+    &["modelversions"],
+    &["get", "list", "patch"],
+    "mlops-operator uninstall: lists the ModelVersions and removes the operator's finalizer \
+     (re-reading one that changed meanwhile).",
+)];
+
+/// The uninstall hook's rules in the operator's own namespace: scale the operator's
+/// Deployment (and no other) to zero, then wait for its pods.
+pub fn uninstall_release(deployment: &str) -> [Rule<'_>; 2] {
+    [
+        Rule {
+            resource_name: Some(deployment),
+            ..rule(
+                &["apps"],
+                &["deployments"],
+                &["patch"],
+                "Scale the operator to zero before its finalizers go.",
+            )
+        },
+        rule(&[""], &["pods"], &["list"], "Wait until no operator pod runs."),
     ]
 }
 

@@ -114,6 +114,9 @@ async fn the_chart_installs_runs_the_loop_upgrades_and_uninstalls_cleanly() {
         "leaderElection.leaseDurationSeconds=6".into(),
         "--set".into(),
         "leaderElection.retryPeriodSeconds=1".into(),
+        // The faulty version below injects its fault through the test-only annotation.
+        "--set".into(),
+        "faultInjection=true".into(),
         "--wait".into(),
         "--timeout".into(),
         "180s".into(),
@@ -184,14 +187,22 @@ async fn the_chart_installs_runs_the_loop_upgrades_and_uninstalls_cleanly() {
     assert!(seen.keys().any(|k| k.contains("iris-faulty")), "the faulty canary got traffic: {seen:?}");
     assert!(cond::is_true(&rolled_back.status.unwrap().conditions, cond::DEGRADED));
 
-    // Uninstall: users delete their objects while the operator still runs (it lifts the
-    // ModelVersions' deletion protection), then the release; the namespace then goes.
-    for kind in ["inferenceservices", "trainingjobs", "modelversions"] {
-        let out = env.kubectl(&["delete", kind, "--all", "--wait=true", "--timeout=120s"], None);
-        assert!(out.status.success(), "deleting {kind}: {}", output_text(&out));
-    }
-    let out = helm(&["uninstall", RELEASE, "--namespace", &ns, "--wait", "--timeout", "120s"]);
+    // Uninstall with every object still there: the versions are protected by the
+    // operator's finalizer, which nobody would remove once the operator is gone. The
+    // chart's pre-delete hook stops the operator and lifts it; the namespace then goes.
+    let versions: Api<ModelVersion> = env.api();
+    let protected = |mv: &ModelVersion| {
+        mv.finalizers().iter().any(|f| f == mlops_operator::api::FINALIZER_PROTECT_SERVING)
+    };
+    let listed = versions.list(&ListParams::default()).await.unwrap().items;
+    assert!(listed.iter().any(protected), "the serving versions are protected before the uninstall");
+    let out = helm(&["uninstall", RELEASE, "--namespace", &ns, "--wait", "--timeout", "180s"]);
     assert!(out.status.success(), "helm uninstall: {}", output_text(&out));
+    let listed = versions.list(&ListParams::default()).await.unwrap().items;
+    assert!(
+        !listed.is_empty() && !listed.iter().any(protected),
+        "the hook released every version: {listed:?}"
+    );
     // Terminating pods included: `helm uninstall --wait` returns before they are gone.
     let kinds = "all,roles,rolebindings,serviceaccounts,poddisruptionbudgets";
     wait_until(Duration::from_secs(60), "every object of the release to be gone", || async {

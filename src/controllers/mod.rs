@@ -43,6 +43,8 @@ pub struct Context {
     pub watch_namespace: Option<String>,
     /// The reference runtime image, which runs the data trigger's dataset checks.
     pub runtime_image: String,
+    /// Honour the `mlops.dev/test-fault-env` annotation (tests and demos only).
+    pub fault_injection: bool,
     /// Consecutive failed reconciles per object, for exponential backoff, and the last
     /// failure's message (a Warning Event is published once per distinct failure).
     failures: Mutex<HashMap<String, (u32, String)>>,
@@ -56,6 +58,7 @@ impl Context {
         watch_namespace: Option<String>,
         prometheus: Option<crate::analysis::prometheus::Prometheus>,
         runtime_image: String,
+        fault_injection: bool,
     ) -> Arc<Context> {
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(instance) };
         Arc::new(Context {
@@ -64,6 +67,7 @@ impl Context {
             metrics,
             watch_namespace,
             runtime_image,
+            fault_injection,
             prometheus,
             failures: Mutex::default(),
         })
@@ -320,12 +324,52 @@ pub async fn run_all(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    futures::future::join3(
+    let controllers = futures::future::join3(
         training_job::run(ctx.clone(), stopped(stop.clone())),
         model_version::run(ctx.clone(), stopped(stop.clone())),
-        inference_service::run(ctx, stopped(stop)),
-    )
-    .await;
+        inference_service::run(ctx.clone(), stopped(stop.clone())),
+    );
+    // Ends with the controllers (at shutdown); the deletion watches never end by themselves.
+    let forget = futures::future::join3(
+        forget_deleted::<crate::api::TrainingJob>(&ctx, |ns, name| ctx.metrics.forget_training_job(ns, name)),
+        forget_deleted::<crate::api::ModelVersion>(&ctx, |_, _| {}),
+        forget_deleted::<crate::api::InferenceService>(&ctx, |ns, name| {
+            ctx.metrics.forget_inference_service(ns, name)
+        }),
+    );
+    tokio::select! {
+        _ = controllers => {}
+        _ = forget => {}
+    }
+}
+
+/// Drops what the operator holds in memory about deleted objects of kind `K`: the backoff
+/// entry of their failures and, through `forget`, their metric series. Without this, a
+/// cluster where objects come and go grows the operator's memory and `/metrics` forever
+/// (the controllers are not called for objects that are gone).
+async fn forget_deleted<K>(ctx: &Context, forget: impl Fn(&str, &str))
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    // Metadata only: nothing else of the object is needed.
+    let api = ctx.watched::<kube::core::PartialObjectMeta<K>>();
+    let deletions = watcher(api, watcher::Config::default()).default_backoff();
+    futures::pin_mut!(deletions);
+    while let Some(event) = deletions.next().await {
+        if let Ok(watcher::Event::Delete(gone)) = event {
+            let (ns, name) = (gone.namespace().unwrap_or_default(), gone.name_any());
+            ctx.failures.lock().expect("failures lock").remove(&format!("{}/{ns}/{name}", K::kind(&())));
+            forget(&ns, &name);
+        }
+    }
 }
 
 /// The keys of an S3 credentials Secret and whether each may be absent.

@@ -93,7 +93,11 @@ pub(super) fn conditions(
             (None, Some((v, _, w))) => {
                 (true, "Serving", format!("{} serves; {v} is canary at {w} %", x.version))
             }
-            (None, None) => (true, "Serving", format!("{} serves all traffic", x.version)),
+            (None, None) => match &obs.target_problem {
+                // A newer version passed over (the service's gates): said while this serves.
+                Some(problem) => (true, "Serving", format!("{} serves all traffic; {problem}", x.version)),
+                None => (true, "Serving", format!("{} serves all traffic", x.version)),
+            },
         },
     };
     set(&mut conds, cond::READY, ready, reason, msg);

@@ -20,8 +20,14 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// Starts the operator binary (`env!("CARGO_BIN_EXE_mlops-operator")` in the test).
+    /// Starts the operator binary (`env!("CARGO_BIN_EXE_mlops-operator")` in the test),
+    /// with fault injection on (the `mlops.dev/test-fault-env` annotation is honoured).
     pub fn start(binary: &str, namespace: &str, extra: &[&str]) -> Operator {
+        Self::start_as(binary, namespace, &[extra, &["--enable-fault-injection"]].concat())
+    }
+
+    /// Starts the operator as a production install runs it: no fault injection.
+    pub fn start_as(binary: &str, namespace: &str, extra: &[&str]) -> Operator {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free loopback port")

@@ -202,7 +202,7 @@ pub struct Setup {
 /// operator usually still runs: it deletes the InferenceServices, then the ModelVersions
 /// (the operator releases them as nothing serves them any more), then clears whatever
 /// finalizer is left (a killed operator, a failed test).
-pub struct Release(String);
+pub struct Release(pub String);
 
 impl Drop for Release {
     fn drop(&mut self) {

@@ -24,7 +24,7 @@ pub use status::{
     DeliveryStatus, HistoryEntry, InferenceServiceStatus, Measurement, RolloutOutcome, StableStatus,
 };
 
-use super::model_version::{MAX_MODEL_NAME_LEN, MODEL_NAME_MESSAGE, MODEL_NAME_RULE};
+use super::model_version::{Gate, MAX_GATES, MAX_MODEL_NAME_LEN, MODEL_NAME_MESSAGE, MODEL_NAME_RULE};
 
 /// Most rollout steps.
 pub const MAX_STEPS: usize = 20;
@@ -141,6 +141,15 @@ pub struct InferenceServiceSpec {
     /// with the default bake and health analysis.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<Rollout>,
+
+    /// Gates this service requires of a version before it deploys it, on top of the
+    /// version's own: whoever may create ModelVersions cannot skip this service's
+    /// validation. Evaluated on the version's `spec.metrics`; a relative gate compares with
+    /// this service's stable version. A tracked version that fails them is passed over
+    /// (the service keeps serving and says why); a pinned one leaves `Ready=False`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_GATES), extend("x-kubernetes-list-type" = "atomic"))]
+    pub gates: Vec<Gate>,
 }
 
 impl InferenceServiceSpec {

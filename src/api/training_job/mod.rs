@@ -19,7 +19,7 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 pub use dataset::{DataAction, DataCheck, DataValidation, Dataset, OutlierCheck, OutlierMethod, Split};
-pub use output::{ModelVersionTemplate, Output};
+pub use output::{ModelVersionTemplate, Output, Retention};
 pub use retrain::{DataTrigger, DriftTrigger, MissedSchedulePolicy, Retrain};
 pub use status::{RunOutcome, RunRecord, RunTrigger, TrainingJobStatus, TriggerStatus, TriggerType};
 pub use trainer::{Source, Trainer};
@@ -41,6 +41,11 @@ pub const DEFAULT_DRIFT_CHECK_INTERVAL_SECONDS: i64 = 60;
 pub const DEFAULT_DATA_CHECK_INTERVAL_SECONDS: i64 = 300;
 pub const DEFAULT_COOLDOWN_SECONDS: i64 = 3600;
 pub const DEFAULT_STARTING_DEADLINE_SECONDS: i64 = 3600;
+/// A run's Job (and pods, with their logs) is deleted a day after it finishes unless
+/// `ttlSecondsAfterFinished` says otherwise: the run's record stays in status.
+pub const DEFAULT_TTL_SECONDS_AFTER_FINISHED: i32 = 86400;
+/// Produced versions kept besides those in use, unless `modelVersion.retention` says.
+pub const DEFAULT_RETENTION_KEEP_LAST: i32 = 20;
 
 /// A training recipe: which data, which code, which trainer image, and how the resulting
 /// versions are validated. Each execution is a run (one batch/v1 Job).
@@ -81,6 +86,13 @@ pub const DEFAULT_STARTING_DEADLINE_SECONDS: i64 = 3600;
     ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
+// The operator never reads a user-named file itself, and a Job cannot see the trainer
+// image's files: a file:// dataset changes only with the image, which is a new generation.
+#[x_kube(validation = Rule::new(
+    "!has(self.retrain) || !has(self.retrain.data) || !self.dataset.uri.startsWith('file://')"
+).message(
+    "retrain.data watches s3:// and pvc:// datasets; a file:// dataset is part of the trainer image and changes only with it (a new generation starts a run)"
+))]
 #[serde(rename_all = "camelCase")]
 pub struct TrainingJobSpec {
     /// Model the produced versions belong to (a DNS label, at most 63 characters).
@@ -138,8 +150,8 @@ pub struct TrainingJobSpec {
     #[schemars(range(min = 1))]
     pub active_deadline_seconds: Option<i64>,
 
-    /// Seconds after a run finishes before its Job (and pods) are deleted. The run's record
-    /// in `status.runs` stays; a deleted Job never causes a new run.
+    /// Seconds after a run finishes before its Job (and pods) are deleted (default 86400,
+    /// a day). The run's record in `status.runs` stays; a deleted Job never causes a new run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub ttl_seconds_after_finished: Option<i32>,

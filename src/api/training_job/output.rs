@@ -44,4 +44,21 @@ pub struct ModelVersionTemplate {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = MAX_GATES), extend("x-kubernetes-list-type" = "atomic"))]
     pub gates: Vec<Gate>,
+
+    /// How many produced versions are kept. Unset: the last 20.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Retention>,
+}
+
+/// Versions a TrainingJob keeps. A version that is serving, is a rollback target, or is
+/// named in an InferenceService's rollout history is always kept and not counted; of the
+/// others, the newest `keepLast` stay and older ones are deleted, so a frequent schedule
+/// cannot grow the registry without bound.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Retention {
+    /// Versions kept besides those in use (default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub keep_last: Option<i32>,
 }

@@ -113,9 +113,9 @@ pub struct DriftTrigger {
 /// the new snapshot. `s3://` and `pvc://` datasets are hashed by a short check Job running
 /// the reference runtime (`mlops-runtime digest`) with the TrainingJob's own dataset
 /// access: its credentials Secret, its claim mounted read-only, its trainer template's
-/// ServiceAccount; the operator holds no data credentials. `file://` datasets are hashed by
-/// the operator itself (the file as its filesystem sees it: the local platform, or a
-/// shared mount). A failed check is reported in `status.triggers.message` and never fires.
+/// ServiceAccount; the operator holds no data credentials and reads no dataset itself. A
+/// `file://` dataset is part of the trainer image, so admission refuses a data trigger on
+/// it. A failed check is reported in `status.triggers.message` and never fires.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataTrigger {

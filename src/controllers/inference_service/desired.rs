@@ -39,8 +39,11 @@ use crate::{
     rollout::Traffic,
 };
 
-/// Test-only: a ModelVersion annotation whose JSON object of `MLOPS_FAULT_*` variables is
-/// added to that version's server pods (fault injection for end-to-end tests and demos).
+/// Fault injection for end-to-end tests and demos: a ModelVersion annotation whose JSON
+/// object of `MLOPS_FAULT_*` variables is added to that version's server pods, honoured
+/// only when the operator runs with `--enable-fault-injection` (off in the chart): in
+/// production an annotation, which may change on an immutable version, must not be able to
+/// break a serving model without a rollout.
 pub const ANNOTATION_FAULT_ENV: &str = "mlops.dev/test-fault-env";
 pub const SERVER_CONTAINER: &str = "server";
 const PVC_MOUNT: &str = "/mnt/mlops/model";
@@ -152,7 +155,6 @@ pub fn deployment(isvc: &InferenceService, mv: &ModelVersion, replicas: i32) -> 
     }
     let ours: Vec<String> = env.iter().map(|e| e.name.clone()).collect();
     env.extend(rt.env.iter().filter(|e| !ours.contains(&e.name)).cloned());
-    env.extend(fault_env(mv));
     let preset = rt.preset.unwrap_or_default();
     for &(name, value) in preset_scratch_env(preset) {
         if !env.iter().any(|e| e.name == name) {
@@ -265,8 +267,17 @@ fn preset_scratch_env(preset: RuntimePreset) -> &'static [(&'static str, &'stati
     }
 }
 
-/// The test-only fault variables a ModelVersion asks for; anything else is ignored.
-pub fn fault_env(mv: &ModelVersion) -> Vec<EnvVar> {
+/// Adds the fault variables `mv` asks for to the server container of its Deployment.
+pub fn inject_faults(deployment: &mut Deployment, mv: &ModelVersion) {
+    let containers =
+        deployment.spec.as_mut().and_then(|s| s.template.spec.as_mut()).map(|p| &mut p.containers);
+    if let Some(server) = containers.into_iter().flatten().find(|c| c.name == SERVER_CONTAINER) {
+        server.env.get_or_insert_default().extend(fault_env(mv));
+    }
+}
+
+/// The fault variables a ModelVersion asks for; anything else is ignored.
+fn fault_env(mv: &ModelVersion) -> Vec<EnvVar> {
     let Some(raw) = mv.annotations().get(ANNOTATION_FAULT_ENV) else { return vec![] };
     let Ok(map) = serde_json::from_str::<BTreeMap<String, String>>(raw) else { return vec![] };
     map.into_iter().filter(|(k, _)| k.starts_with("MLOPS_FAULT_")).map(|(k, v)| env_literal(&k, v)).collect()

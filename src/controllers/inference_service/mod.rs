@@ -216,7 +216,7 @@ async fn read_inputs(ctx: &Context, cached: &InferenceService, now: &Time) -> Re
         });
         measurements = futures::future::join_all(measured).await;
     }
-    Ok(Some(Inputs { isvc, deployments, pods, versions, measurements }))
+    Ok(Some(Inputs { isvc, deployments, pods, versions, measurements, fault_injection: ctx.fault_injection }))
 }
 
 /// Opens the `mlops.dev/scraped` readiness gates that may open ([`readiness_gate`]);

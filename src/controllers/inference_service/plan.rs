@@ -21,7 +21,7 @@ use crate::{
         conditions::{self as cond},
         inference_service::InferenceServiceStatus,
     },
-    controllers::{Result, apply::Child},
+    controllers::{Result, apply::Child, model_version::quality_gates},
     rollout::{self, Delivered, Health, Manual, Measured, Note, Observed, Target},
 };
 
@@ -39,6 +39,8 @@ pub struct Inputs {
     pub versions: BTreeMap<String, ModelVersion>,
     /// Fresh metric-check measurements of the canary, taken only when due.
     pub measurements: Vec<Measured>,
+    /// The operator honours `mlops.dev/test-fault-env` (`--enable-fault-injection`).
+    pub fault_injection: bool,
 }
 
 /// What the pass decided.
@@ -113,10 +115,13 @@ pub struct Resolved {
     pub stalled: bool,
 }
 
-/// The version the service should serve: the pin, or the newest validated version.
+/// The version the service should serve: the pin, or the newest validated version that
+/// also passes the service's own gates (`spec.gates`).
 pub fn resolve(isvc: &InferenceService, versions: &BTreeMap<String, ModelVersion>) -> Resolved {
     let model = &isvc.spec.model;
     let none = |problem: String, stalled: bool| Resolved { target: None, problem: Some(problem), stalled };
+    let validated =
+        |mv: &ModelVersion| mv.status.as_ref().is_some_and(|s| cond::is_true(&s.conditions, cond::VALIDATED));
     if let Some(pin) = &isvc.spec.version {
         let Some(mv) = versions.get(pin) else {
             return none(format!("pinned ModelVersion {pin} does not exist"), true);
@@ -132,8 +137,11 @@ pub fn resolve(isvc: &InferenceService, versions: &BTreeMap<String, ModelVersion
             let why = cond::find(conds, cond::VALIDATED).map(|c| c.message.clone()).unwrap_or_default();
             return none(format!("pinned ModelVersion {pin} is not validated: {why}"), true);
         }
-        if !cond::is_true(conds, cond::VALIDATED) {
+        if !validated(mv) {
             return none(format!("waiting for pinned ModelVersion {pin} to be validated"), false);
+        }
+        if let Err(why) = service_gates(isvc, mv, versions) {
+            return none(format!("pinned ModelVersion {pin} fails this service's gates: {why}"), true);
         }
         return Resolved {
             target: Some(Target { version: pin.clone(), origin: origin(mv) }),
@@ -141,21 +149,57 @@ pub fn resolve(isvc: &InferenceService, versions: &BTreeMap<String, ModelVersion
             stalled: false,
         };
     }
-    let newest = versions
+    let mut candidates: Vec<&ModelVersion> = versions
         .values()
         .filter(|mv| &mv.spec.model == model && mv.metadata.deletion_timestamp.is_none())
-        .filter(|mv| mv.status.as_ref().is_some_and(|s| cond::is_true(&s.conditions, cond::VALIDATED)))
-        .max_by(|a, b| {
-            (a.metadata.creation_timestamp.clone(), a.name_any())
-                .cmp(&(b.metadata.creation_timestamp.clone(), b.name_any()))
-        });
-    match newest {
-        Some(mv) => Resolved {
-            target: Some(Target { version: mv.name_any(), origin: origin(mv) }),
-            problem: None,
-            stalled: false,
-        },
-        None => none(format!("no validated ModelVersion of model {model} yet"), false),
+        .filter(|mv| validated(mv))
+        .collect();
+    // Newest first: latest creation time, then the greatest name in the same second.
+    candidates.sort_by(|a, b| {
+        (b.metadata.creation_timestamp.clone(), b.name_any())
+            .cmp(&(a.metadata.creation_timestamp.clone(), a.name_any()))
+    });
+    // A version failing the service's gates is passed over; the newest one passed over is
+    // reported while an older version serves.
+    let mut passed_over = None;
+    for mv in candidates {
+        match service_gates(isvc, mv, versions) {
+            Ok(()) => {
+                return Resolved {
+                    target: Some(Target { version: mv.name_any(), origin: origin(mv) }),
+                    problem: passed_over,
+                    stalled: false,
+                };
+            }
+            Err(why) => {
+                passed_over.get_or_insert(format!(
+                    "{} passed over: fails this service's gates: {why}",
+                    mv.name_any()
+                ));
+            }
+        }
+    }
+    none(passed_over.unwrap_or_else(|| format!("no validated ModelVersion of model {model} yet")), false)
+}
+
+/// The service's own gates on `mv`'s metrics; relative gates compare with the version this
+/// service serves now. `Err` carries the failed gates' summary.
+fn service_gates(
+    isvc: &InferenceService,
+    mv: &ModelVersion,
+    versions: &BTreeMap<String, ModelVersion>,
+) -> std::result::Result<(), String> {
+    if isvc.spec.gates.is_empty() {
+        return Ok(());
+    }
+    let stable = isvc.status.as_ref().and_then(|s| s.stable.as_ref()).map(|s| s.version.as_str());
+    let baseline = stable
+        .filter(|v| *v != mv.name_any())
+        .and_then(|v| Some(quality_gates::Baseline { version: v, metrics: &versions.get(v)?.spec.metrics }));
+    let results = quality_gates::evaluate(&isvc.spec.gates, &mv.spec.metrics, baseline.as_ref());
+    match quality_gates::summary(&results) {
+        (true, _) => Ok(()),
+        (false, why) => Err(why),
     }
 }
 
@@ -233,7 +277,11 @@ pub fn plan(inputs: &Inputs, now: &Time) -> Result<Outcome> {
     for (version, replicas) in placements {
         // Protected by its finalizer while referenced; gone means nothing to run.
         if let Some(mv) = inputs.versions.get(version) {
-            children.push(Child::of(&desired::deployment(isvc, mv, replicas))?);
+            let mut deployment = desired::deployment(isvc, mv, replicas);
+            if inputs.fault_injection {
+                desired::inject_faults(&mut deployment, mv);
+            }
+            children.push(Child::of(&deployment)?);
         }
     }
     for svc in desired::services(isvc, traffic) {

@@ -30,7 +30,7 @@ fn inputs(spec: serde_json::Value, status: serde_json::Value) -> Inputs {
     }))
     .unwrap();
     let versions = ["iris-v1", "iris-v2"].map(|v| (v.to_string(), version(v, true))).into_iter().collect();
-    Inputs { isvc, deployments: vec![], pods: vec![], versions, measurements: vec![] }
+    Inputs { isvc, deployments: vec![], pods: vec![], versions, measurements: vec![], fault_injection: false }
 }
 
 fn gateway_canary() -> Inputs {
@@ -130,4 +130,43 @@ fn pods_are_read_only_when_something_looks_at_them() {
     assert!(needs_pods(&gateway_canary().isvc, &[]), "a canary's health");
     let unready = inputs_with_stable("iris-v1");
     assert!(needs_pods(&unready.isvc, &[]), "why the stable has no Ready pod");
+}
+
+fn with_accuracy(name: &str, accuracy: f64, minute: u32) -> ModelVersion {
+    let mut mv = version(name, true);
+    mv.spec.metrics.insert("accuracy".into(), accuracy);
+    mv.metadata.creation_timestamp = Some(Time(format!("2026-01-01T00:{minute:02}:00Z").parse().unwrap()));
+    mv
+}
+
+#[test]
+fn the_service_gates_pass_over_a_newer_version_and_refuse_a_pin() {
+    let gates = json!([{"metric": "accuracy", "op": ">=", "value": 0.9}]);
+    let mut tracked = inputs(json!({"model": "iris", "track": "LatestValidated", "gates": gates}), json!({}));
+    tracked.versions = [("good", 0.95, 1), ("newer-but-weak", 0.5, 2)]
+        .map(|(n, a, m)| (n.to_string(), with_accuracy(n, a, m)))
+        .into_iter()
+        .collect();
+    let r = resolve(&tracked.isvc, &tracked.versions);
+    assert_eq!(r.target.map(|t| t.version).as_deref(), Some("good"));
+    let why = r.problem.unwrap();
+    assert!(
+        why.starts_with("newer-but-weak passed over: fails this service's gates") && why.contains("accuracy"),
+        "{why}"
+    );
+
+    let mut pinned = inputs(json!({"model": "iris", "version": "newer-but-weak", "gates": gates}), json!({}));
+    pinned.versions = tracked.versions.clone();
+    let r = resolve(&pinned.isvc, &pinned.versions);
+    assert!(r.target.is_none() && r.stalled, "{r:?}");
+
+    // Relative to what this service serves: a version worse than the stable is refused.
+    let relative = json!([{"metric": "accuracy", "op": ">=", "relativeTo": "Serving", "tolerance": 0.01}]);
+    let mut serving = inputs(
+        json!({"model": "iris", "track": "LatestValidated", "gates": relative}),
+        json!({"stable": {"version": "good", "weight": 100}}),
+    );
+    serving.versions = tracked.versions.clone();
+    let r = resolve(&serving.isvc, &serving.versions);
+    assert_eq!(r.target.map(|t| t.version).as_deref(), Some("good"), "the weaker newer version stays out");
 }

@@ -124,8 +124,15 @@ type Log = Arc<Mutex<Vec<Call>>>;
 async fn pass(cluster: &Arc<Mutex<Cluster>>) -> (Result<Action>, Log) {
     let state = cluster.clone();
     let (client, log) = mock_api::client(move |call: &Call| state.lock().unwrap().respond(call));
-    let ctx =
-        Context::new(client, Metrics::new(), "test".into(), Some("ns".into()), None, "runtime:dev".into());
+    let ctx = Context::new(
+        client,
+        Metrics::new(),
+        "test".into(),
+        Some("ns".into()),
+        None,
+        "runtime:dev".into(),
+        false,
+    );
     let isvc: InferenceService = serde_json::from_value(cluster.lock().unwrap().isvc.clone()).unwrap();
     let result = reconcile(Arc::new(isvc), ctx).await;
     (result, log)

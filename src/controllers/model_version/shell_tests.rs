@@ -104,6 +104,7 @@ impl Harness {
             Some("ns".into()),
             None,
             "runtime:dev".into(),
+            false,
         );
         Harness { fake, ctx, log }
     }

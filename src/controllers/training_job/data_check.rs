@@ -1,5 +1,5 @@
-//! The data trigger's check for datasets the operator cannot read itself (`s3://`,
-//! `pvc://`), as pure functions: a short Job hashes the dataset with `mlops-runtime digest`
+//! The data trigger's check of a dataset (`s3://`, `pvc://`; the operator process never
+//! reads a user-named file or URL itself), as pure functions: a short Job hashes the dataset with `mlops-runtime digest`
 //! and leaves `{"digest": …}` in its termination message.
 //!
 //! The Job runs with the TrainingJob's own dataset access: the same credentials Secret, the
@@ -140,21 +140,20 @@ pub struct CheckPlan {
     pub running: Vec<String>,
 }
 
-/// The data trigger's reading and check Jobs. `file://` datasets were hashed by the shell
-/// (`inputs.dataset_file`); `s3://` and `pvc://` ones by a check Job, whose reading
-/// arrives on a later pass. `due` says a check is due now.
+/// The data trigger's reading and check Jobs: a check Job hashes the dataset, and its
+/// reading arrives on a later pass. `due` says a check is due now.
 pub fn plan(tj: &TrainingJob, inputs: &Inputs, due: bool, now: Timestamp) -> CheckPlan {
     let uri = &tj.spec.dataset.uri;
     let wanted = tj.spec.retrain.as_ref().is_some_and(|r| r.data.is_some());
     let mut out = CheckPlan::default();
     if !wanted || !needs_job(uri) {
-        // Leftovers of a trigger removed or a dataset moved to file:// are not kept.
+        // Leftovers of a removed trigger are not kept. Admission refuses a data trigger on
+        // any other dataset; one stored before that rule gets this error, never a read by
+        // the operator itself.
         if wanted && due {
-            out.reading = Some(inputs.dataset_file.clone().unwrap_or_else(|| {
-                Reading::Error(format!(
-                    "the data trigger cannot check {uri:?}: expected s3://, pvc:// or file://"
-                ))
-            }));
+            out.reading = Some(Reading::Error(format!(
+                "the data trigger cannot check {uri:?}: it watches s3:// and pvc:// datasets"
+            )));
         }
         return out;
     }

@@ -165,7 +165,11 @@ pub fn desired_job(tj: &TrainingJob, run: &RunRef) -> Result<Job, SpecError> {
         spec: Some(JobSpec {
             backoff_limit: Some(tj.spec.backoff_limit()),
             active_deadline_seconds: tj.spec.active_deadline_seconds,
-            ttl_seconds_after_finished: tj.spec.ttl_seconds_after_finished,
+            ttl_seconds_after_finished: Some(
+                tj.spec
+                    .ttl_seconds_after_finished
+                    .unwrap_or(api::training_job::DEFAULT_TTL_SECONDS_AFTER_FINISHED),
+            ),
             suspend: Some(tj.spec.suspend),
             completions: Some(workers),
             parallelism: Some(workers),

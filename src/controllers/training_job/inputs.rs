@@ -56,8 +56,6 @@ pub struct Inputs {
     pub latest_version: Option<Verdict>,
     /// The drift trigger's measurement, when it was due.
     pub drift: Option<Reading<f64>>,
-    /// The digest of a `file://` dataset, when the data trigger's check was due.
-    pub dataset_file: Option<Reading<String>>,
     /// The image dataset check Jobs run (the reference runtime).
     pub runtime_image: String,
 }
@@ -91,7 +89,7 @@ pub async fn fetch(ctx: &Context, tj: &TrainingJob, now: Timestamp) -> Result<In
         if recorded_finished(&name) {
             continue;
         }
-        inputs.pods.insert(name.clone(), trainer_outcome(&pods_api, &name).await?);
+        inputs.pods.insert(name.clone(), trainer_outcome(&pods_api, job).await?);
         if finished(job) == Some(true)
             && let Some(existing) = versions_api
                 .get_opt(&name)
@@ -102,7 +100,7 @@ pub async fn fetch(ctx: &Context, tj: &TrainingJob, now: Timestamp) -> Result<In
         }
     }
 
-    let (drift_due, data_due) = triggers::checks_due(
+    let (drift_due, _) = triggers::checks_due(
         tj.spec.retrain.as_ref(),
         tj.status.as_ref().and_then(|s| s.triggers.as_ref()),
         now,
@@ -110,15 +108,8 @@ pub async fn fetch(ctx: &Context, tj: &TrainingJob, now: Timestamp) -> Result<In
     if drift_due {
         inputs.drift = Some(measure_drift(ctx, tj, &ns).await?);
     }
-    let data_wanted = tj.spec.retrain.as_ref().is_some_and(|r| r.data.is_some());
-    if data_wanted
-        && data_due
-        && let Some(path) = tj.spec.dataset.uri.strip_prefix("file://")
-    {
-        inputs.dataset_file = Some(file_digest(path).await);
-    }
     for job in checks.iter().filter(|j| data_check::is_finished(j)) {
-        inputs.pods.insert(job.name_any(), trainer_outcome(&pods_api, &job.name_any()).await?);
+        inputs.pods.insert(job.name_any(), trainer_outcome(&pods_api, job).await?);
     }
     inputs.checks = checks;
 
@@ -176,43 +167,17 @@ async fn measure_drift(ctx: &Context, tj: &TrainingJob, ns: &str) -> Result<Read
     })
 }
 
-/// `sha256:<hex>` of a `file://` dataset as the operator's filesystem sees it (the local
-/// platform's case, or a shared mount), hashed off the async runtime.
-async fn file_digest(path: &str) -> Reading<String> {
-    let path = std::path::PathBuf::from(path);
-    match tokio::task::spawn_blocking(move || hash_file(&path)).await {
-        Ok(Ok(digest)) => Reading::Value(digest),
-        Ok(Err(e)) => Reading::Error(e),
-        Err(e) => Reading::Error(format!("hashing the dataset: {e}")),
-    }
-}
-
-/// `sha256:<hex>` of a file, read in chunks (the same digest form the trainer reports).
-pub fn hash_file(path: &std::path::Path) -> Result<String, String> {
-    use sha2::{Digest, Sha256};
-    use std::io::Read;
-    let mut file = std::fs::File::open(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = file.read(&mut buf).map_err(|e| format!("reading {}: {e}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
-}
-
 /// What the trainer container (or a check Job's only container) of a finished Job's pods
 /// left: the succeeded pod of index 0 (or any succeeded pod) when there is one, else the
-/// most recently failed pod.
-async fn trainer_outcome(pods: &Api<Pod>, job: &str) -> Result<PodOutcome> {
-    let selector = format!("{}={job}", desired::LABEL_JOB_NAME);
-    let list = pods
+/// most recently failed pod. Only pods the Job controls count: anyone who may create pods
+/// can copy the job-name label, and a result read from such a pod would be forged.
+async fn trainer_outcome(pods: &Api<Pod>, job: &Job) -> Result<PodOutcome> {
+    let selector = format!("{}={}", desired::LABEL_JOB_NAME, job.name_any());
+    let mut list = pods
         .list(&ListParams::default().labels(&selector))
         .await
         .map_err(|e| Error::child("list", "Pod", &selector, e))?;
+    list.items.retain(|p| owned_by(p, job));
     let phase = |p: &Pod| p.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
     let index = |p: &Pod| p.annotations().get("batch.kubernetes.io/job-completion-index").cloned();
     let mut candidates: Vec<&Pod> = list.items.iter().filter(|p| phase(p) == "Succeeded").collect();
@@ -237,22 +202,35 @@ async fn trainer_outcome(pods: &Api<Pod>, job: &str) -> Result<PodOutcome> {
     })
 }
 
+/// Whether `job` is `pod`'s controller (by UID, as the Job controller sets it).
+pub fn owned_by(pod: &Pod, job: &Job) -> bool {
+    let uid = job.metadata.uid.as_deref();
+    uid.is_some()
+        && pod.owner_references().iter().any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
     #[test]
-    fn a_file_is_hashed_as_the_trainer_reports_digests() {
-        let dir = std::env::temp_dir().join(format!("mlops-digest-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let f = dir.join("d.csv");
-        std::fs::write(&f, b"x").unwrap();
-        // sha256("x")
-        assert_eq!(
-            hash_file(&f).unwrap(),
-            "sha256:2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"
-        );
-        assert!(hash_file(&dir.join("missing.csv")).unwrap_err().contains("missing.csv"));
-        std::fs::remove_dir_all(dir).unwrap();
+    fn only_a_pod_the_job_controls_is_its_own() {
+        let mut job = Job::default();
+        job.metadata.uid = Some("job-uid".into());
+        let pod = |uid: &str, controller: bool| {
+            let mut p = Pod::default();
+            p.metadata.owner_references = Some(vec![OwnerReference {
+                uid: uid.into(),
+                controller: Some(controller),
+                ..OwnerReference::default()
+            }]);
+            p
+        };
+        assert!(owned_by(&pod("job-uid", true), &job));
+        assert!(!owned_by(&pod("job-uid", false), &job), "an owner that is not the controller");
+        assert!(!owned_by(&pod("other", true), &job), "another object's pod with the label copied");
+        assert!(!owned_by(&Pod::default(), &job), "a bare pod with the label copied");
+        assert!(!owned_by(&pod("", true), &Job::default()), "no UID matches nothing");
     }
 }

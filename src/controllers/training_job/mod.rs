@@ -9,6 +9,7 @@ pub mod inputs;
 pub mod model_version;
 pub mod plan;
 pub mod result;
+pub mod retention;
 pub mod triggers;
 
 #[cfg(test)]
@@ -23,10 +24,8 @@ use k8s_openapi::{
 };
 use kube::{
     Api, ResourceExt,
-    api::{ApiResource, Patch, PatchParams, PostParams},
-    runtime::{
-        Controller, WatchStreamExt, controller::Action, events::EventType, reflector::ObjectRef, watcher,
-    },
+    api::{ApiResource, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions},
+    runtime::{Controller, controller::Action, events::EventType, reflector::ObjectRef, watcher},
 };
 use tracing::{info, instrument};
 
@@ -40,7 +39,7 @@ pub const CONTROLLER: &str = "trainingjob";
 
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
-    let controller = Controller::new(ctx.watched::<TrainingJob>(), watcher::Config::default().any_semantic())
+    Controller::new(ctx.watched::<TrainingJob>(), watcher::Config::default().any_semantic())
         .owns(ctx.watched::<Job>(), watcher::Config::default().labels(api::LABEL_TRAINING_JOB))
         // A produced version's validation verdict is reported on its TrainingJob.
         .watches(
@@ -53,27 +52,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
         )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, |tj, err, ctx| ctx.error_action(CONTROLLER, tj.as_ref(), err), ctx.clone())
-        .for_each(|_| futures::future::ready(()));
-    // Ends with the controller (at shutdown); the deletion watch never ends by itself.
-    tokio::select! {
-        _ = controller => {}
-        _ = forget_deleted(&ctx) => {}
-    }
-}
-
-/// A deleted TrainingJob's gauges go with it (the controller is not called for objects
-/// that are gone, and TrainingJobs have no finalizer to hold them back).
-async fn forget_deleted(ctx: &Context) {
-    // Metadata only: nothing else of the object is needed.
-    let api = ctx.watched::<kube::core::PartialObjectMeta<TrainingJob>>();
-    let deletions = watcher(api, watcher::Config::default()).default_backoff();
-    futures::pin_mut!(deletions);
-    while let Some(event) = deletions.next().await {
-        if let Ok(watcher::Event::Delete(gone)) = event {
-            ctx.metrics
-                .forget_training_job(gone.namespace().as_deref().unwrap_or_default(), &gone.name_any());
-        }
-    }
+        .for_each(|_| futures::future::ready(()))
+        .await;
 }
 
 #[instrument(skip_all, fields(trainingjob = %tj.name_any(), namespace = tj.namespace().unwrap_or_default()))]
@@ -116,10 +96,11 @@ async fn reconcile_pass(tj: &TrainingJob, ctx: &Context, now: Timestamp) -> Resu
     }
     let versions: Api<ModelVersion> = Api::namespaced(ctx.client.clone(), &ns);
     let params = PostParams { field_manager: Some(api::FIELD_MANAGER.into()), ..Default::default() };
+    let mut produced = false;
     for mv in std::mem::take(&mut outcome.creates) {
         let name = mv.name_any();
         match versions.create(&params, &mv).await {
-            Ok(_) => {}
+            Ok(_) => produced = true,
             // Invalid: result::parse checks the schema's bounds, this is the safety net.
             // The run fails instead of retrying forever.
             Err(kube::Error::Api(s)) if s.code == 422 => {
@@ -146,8 +127,50 @@ async fn reconcile_pass(tj: &TrainingJob, ctx: &Context, now: Timestamp) -> Resu
         let type_ = if ev.warning { EventType::Warning } else { EventType::Normal };
         ctx.event(&tj, type_, ev.reason, "Reconcile", ev.note).await;
     }
+    if produced {
+        prune_versions(ctx, &tj, outcome.status.latest_model_version.as_deref(), &versions).await?;
+    }
     record_metrics(ctx, &tj, &ns, &outcome);
     Ok(Action::requeue(outcome.requeue))
+}
+
+/// Retention ([`retention`]), applied when a run produced a version: the registry of a
+/// frequent schedule stays bounded without a read on every pass.
+async fn prune_versions(
+    ctx: &Context,
+    tj: &TrainingJob,
+    latest: Option<&str>,
+    api: &Api<ModelVersion>,
+) -> Result<()> {
+    let selector = format!("{}={}", api::LABEL_TRAINING_JOB, tj.name_any());
+    let listed = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|e| Error::child("list", "ModelVersion", &selector, e))?;
+    let expired = retention::expired(tj, latest, &listed.items);
+    for name in &expired {
+        // The UID precondition: a version re-created under the same name is not this one.
+        let uid = listed.items.iter().find(|mv| &mv.name_any() == name).and_then(|mv| mv.uid());
+        let params = DeleteParams {
+            preconditions: Some(Preconditions { uid, resource_version: None }),
+            ..DeleteParams::default()
+        };
+        match api.delete(name, &params).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+            Err(e) => return Err(Error::child("delete", "ModelVersion", name, e)),
+        }
+    }
+    if !expired.is_empty() {
+        info!(versions = ?expired, "retention deleted old versions");
+        let note = format!(
+            "deleted {} (retention keeps the last {} versions not in use)",
+            expired.join(", "),
+            retention::keep_last(tj)
+        );
+        ctx.event(tj, EventType::Normal, "VersionsDeleted", "Retention", note).await;
+    }
+    Ok(())
 }
 
 fn record_metrics(ctx: &Context, tj: &TrainingJob, ns: &str, plan: &plan::Outcome) {

@@ -56,6 +56,7 @@ fn run1() -> RunRef {
 /// The run's Job as the API server shows it: `active` while it runs, else `Complete`.
 fn run_job(tj: &TrainingJob, complete: bool) -> Job {
     let mut job = super::desired::desired_job(tj, &run1()).unwrap();
+    job.metadata.uid = Some("job-uid-1".into());
     job.status = Some(JobStatus {
         active: Some(i32::from(!complete)),
         conditions: complete.then(|| {
@@ -128,7 +129,7 @@ fn server(
 }
 
 fn context(client: kube::Client) -> Arc<Context> {
-    Context::new(client, Metrics::new(), "test".into(), Some("ns".into()), None, "runtime:dev".into())
+    Context::new(client, Metrics::new(), "test".into(), Some("ns".into()), None, "runtime:dev".into(), false)
 }
 
 fn status_written(calls: &[Call]) -> Value {
@@ -237,7 +238,9 @@ async fn children_no_longer_desired_are_pruned_and_others_left_alone() {
 async fn a_refused_model_version_fails_its_run_once_and_is_not_retried() {
     let tj = steady(&training_job(1));
     let pod = json!({"apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "iris-r1-abc", "namespace": "ns"},
+        "metadata": {"name": "iris-r1-abc", "namespace": "ns",
+                     "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "iris-r1",
+                                          "uid": "job-uid-1", "controller": true}]},
         "status": {"phase": "Succeeded", "containerStatuses": [{
             "name": "trainer", "image": "mlops-runtime:dev", "imageID": "sha256:cccc", "ready": false,
             "restartCount": 0, "state": {"terminated": {"exitCode": 0, "reason": "Completed", "message": RESULT}}}]}});

@@ -77,7 +77,7 @@ fn a_single_worker_run_is_a_plain_job_owned_by_its_training_job() {
     assert_eq!(spec.backoff_limit, Some(api::training_job::DEFAULT_BACKOFF_LIMIT));
     assert_eq!(
         (spec.suspend, spec.active_deadline_seconds, spec.ttl_seconds_after_finished),
-        (Some(false), None, None)
+        (Some(false), None, Some(api::training_job::DEFAULT_TTL_SECONDS_AFTER_FINISHED)),
     );
     assert_eq!(pod_spec(&job).restart_policy.as_deref(), Some("Never"));
     assert_eq!(pod_spec(&job).subdomain, None);

@@ -32,7 +32,7 @@ fn tj(retrain: Retrain) -> TrainingJob {
         "apiVersion": "mlops.dev/v1alpha1", "kind": "TrainingJob",
         "metadata": {"name": "iris", "namespace": "ml", "uid": "u1", "generation": 1,
                      "creationTimestamp": "2025-01-01T00:00:00Z"},
-        "spec": {"model": "iris", "dataset": {"uri": "file:///d.csv"},
+        "spec": {"model": "iris", "dataset": {"uri": "pvc://data/d.csv"},
                  "trainer": {"image": "mlops-runtime:dev"}, "output": {"uri": "file:///out"}}
     }))
     .unwrap();
@@ -58,18 +58,34 @@ fn reconcile(
     readings: Readings,
     now: Time,
 ) -> Outcome {
-    let inputs = Inputs {
-        jobs: jobs.clone(),
-        drift: readings.drift,
-        dataset_file: readings.dataset,
-        ..Inputs::default()
-    };
+    let mut inputs = Inputs { jobs: jobs.clone(), drift: readings.drift, ..Inputs::default() };
+    // A dataset reading arrives as the real shell sees it: a finished check Job.
+    if let Some(Reading::Value(digest)) = readings.dataset {
+        let name = data_check::job_name(&tj.name_any(), now.0.as_second());
+        let mut check = data_check::desired_job(tj, "mlops-runtime:dev", &name);
+        check.status = Some(JobStatus {
+            conditions: Some(vec![JobCondition {
+                type_: "Complete".into(),
+                status: "True".into(),
+                ..JobCondition::default()
+            }]),
+            ..JobStatus::default()
+        });
+        let message = serde_json::json!({ "digest": digest }).to_string();
+        inputs.pods.insert(name, PodOutcome { message: Some(message), ..PodOutcome::default() });
+        inputs.checks.push(check);
+    }
     let plan = plan(tj, &inputs, now.0);
     if let Some(run) = &plan.started {
         jobs.insert(run.name.clone(), job(tj, run, None));
     }
     tj.status = Some(plan.status.clone());
     plan
+}
+
+/// A well-formed digest made of one repeated hex character.
+fn sha(c: &str) -> String {
+    format!("sha256:{}", c.repeat(64))
 }
 
 fn drift(v: f64) -> Readings {
@@ -143,10 +159,10 @@ fn triggers_wait_for_a_free_slot_and_a_suspended_job_starts_nothing() {
     });
     let mut jobs = BTreeMap::new();
     let digest = |d: &str| Readings { drift: None, dataset: Some(Reading::Value(d.into())) };
-    let p = reconcile(&mut tj, &mut jobs, digest("sha256:a"), at(0));
+    let p = reconcile(&mut tj, &mut jobs, digest(&sha("a")), at(0));
     assert_eq!(p.started.unwrap().trigger.type_, TriggerType::Spec);
     // A new digest while the Spec run is active: waits, says so.
-    let p = reconcile(&mut tj, &mut jobs, digest("sha256:b"), at(10));
+    let p = reconcile(&mut tj, &mut jobs, digest(&sha("b")), at(10));
     assert!(p.started.is_none());
     let ready = p.status.conditions.iter().find(|c| c.type_ == cond::READY).unwrap();
     assert!(ready.message.contains("a new run starts when it finishes"), "{}", ready.message);
@@ -169,9 +185,9 @@ fn triggers_wait_for_a_free_slot_and_a_suspended_job_starts_nothing() {
     let run = p.started.unwrap();
     assert_eq!(
         (run.trigger.type_, run.trigger.dataset_digest.as_deref()),
-        (TriggerType::Data, Some("sha256:b"))
+        (TriggerType::Data, Some(sha("b").as_str()))
     );
-    let p = reconcile(&mut tj, &mut jobs, digest("sha256:b"), at(25));
+    let p = reconcile(&mut tj, &mut jobs, digest(&sha("b")), at(25));
     assert!(p.started.is_none(), "the change is covered");
 
     // Suspended: the trigger stays pending, no run.
@@ -181,11 +197,11 @@ fn triggers_wait_for_a_free_slot_and_a_suspended_job_starts_nothing() {
     j.status.as_mut().unwrap().conditions =
         Some(vec![JobCondition { type_: "Failed".into(), status: "True".into(), ..JobCondition::default() }]);
     jobs.insert(r2, j);
-    let p = reconcile(&mut tj, &mut jobs, digest("sha256:c"), at(35));
+    let p = reconcile(&mut tj, &mut jobs, digest(&sha("c")), at(35));
     assert!(p.started.is_none());
     tj.spec.suspend = false;
     let p = reconcile(&mut tj, &mut jobs, Readings::default(), at(36));
-    assert_eq!(p.started.unwrap().trigger.dataset_digest.as_deref(), Some("sha256:c"));
+    assert_eq!(p.started.unwrap().trigger.dataset_digest.as_deref(), Some(sha("c").as_str()));
 }
 
 #[test]

@@ -14,6 +14,7 @@ fn the_model_version_records_the_whole_lineage_of_what_ran() {
     tj.spec.model_version = Some(api::training_job::ModelVersionTemplate {
         labels: BTreeMap::from([("team".into(), "a".into())]),
         gates: vec![api::Gate::absolute("accuracy", api::model_version::GateOp::Ge, 0.8)],
+        ..Default::default()
     });
     let (run, mut jobs) = first_run(&mut tj);
     let recipe = desired::recipe(&tj, &run);
@@ -64,7 +65,7 @@ fn the_model_version_records_the_whole_lineage_of_what_ran() {
             image: Some("mlops-runtime:dev".into()),
             image_digest: Some("docker.io/library/trainer@sha256:cccc".into()),
             dataset: Some(DatasetLineage {
-                uri: "file:///d.csv".into(),
+                uri: "pvc://data/d.csv".into(),
                 digest: Some("sha256:bbbb".into()),
                 rows: parsed.rows.clone(),
                 validation_report: parsed.validation.clone(),
