@@ -99,17 +99,19 @@ async fn checks_and_drift_queries_read_only_their_own_namespace() {
     apply(&other.env, &inference_service("bweb", json!({})));
     wait_serving(&other.env, "bweb", "iris-v1").await;
     let b = other.env.namespace.clone();
-    let b_pods: Vec<Pod> = other
-        .env
-        .api::<Pod>()
-        .list(&ListParams::default().labels("mlops.dev/inference-service=bweb"))
-        .await
-        .unwrap()
-        .items;
-    let mut secrets: Vec<String> = b_pods.iter().map(|p| p.name_any()).collect();
-    secrets
-        .extend(b_pods.iter().filter_map(|p| p.status.as_ref()?.pod_ip.clone()).map(|ip| format!("{ip}:")));
-    assert_eq!(secrets.len(), 4, "two pods of B, each with an address: {secrets:?}");
+    let pods: Api<Pod> = other.env.api();
+    let secrets: Vec<String> = wait_until(LONG, "both pods of B with an address", || async {
+        let listed =
+            pods.list(&ListParams::default().labels("mlops.dev/inference-service=bweb")).await.ok()?;
+        let named: Vec<(String, String)> = listed
+            .items
+            .iter()
+            .filter_map(|p| Some((p.name_any(), p.status.as_ref()?.pod_ip.clone()?)))
+            .collect();
+        (named.len() == 2)
+            .then(|| named.into_iter().flat_map(|(name, ip)| [name, format!("{ip}:")]).collect())
+    })
+    .await;
     let scraped = format!(r#"count(up{{namespace="{b}",mlops_dev_inference_service="bweb"}} == 1)"#);
     wait_until(LONG, "Prometheus scraping both pods of B", || async {
         (prometheus_value(&scraped) == Some(2.0)).then_some(())
@@ -225,10 +227,14 @@ async fn a_huge_answer_is_refused_and_the_operator_stays_small_and_busy() {
     );
     import_version(&env, &uri, "iris-v1", None).await;
     wait_serving(&env, "web", "iris-v1").await;
-    // A's own series exist, so even scoped to A the answer is far past the cap.
-    let scraped = format!(r#"count(up{{namespace="{a}"}} == 1)"#);
-    wait_until(LONG, "Prometheus scraping A's pods", || async {
-        prometheus_value(&scraped).filter(|n| *n >= 2.0).map(|_| ())
+    // A's own series are old enough that even the answer scoped to A (every sample of
+    // them, 200 a second) is well past the 1 MiB cap: over 100 000 samples, ~18 bytes each.
+    // (The name is copied to a label: without it, series of one pod would collide.)
+    let samples = format!(
+        r#"sum(count_over_time(label_replace({{__name__=~".+",namespace="{a}"}}, "name", "$1", "__name__", "(.+)")[10m:5ms]))"#
+    );
+    wait_until(LONG, "100 000 samples of A's series in Prometheus", || async {
+        prometheus_value(&samples).filter(|n| *n > 100_000.0).map(|_| ())
     })
     .await;
     import_version(&env, &uri, "iris-v2", None).await;
@@ -244,6 +250,7 @@ async fn a_huge_answer_is_refused_and_the_operator_stays_small_and_busy() {
         m.contains("larger than 1 MiB") || m.contains("too many samples") || m.contains("timed out"),
         "the error says the answer was too big or refused: {m}"
     );
+    eprintln!("the huge query's error: {m}");
     let peak = peak_rss(op.pid());
     eprintln!("operator peak RSS (VmHWM) after the huge query: {} MiB", peak / (1024 * 1024));
     assert!(peak < 150 * 1024 * 1024, "the operator grew to {} MiB", peak / (1024 * 1024));

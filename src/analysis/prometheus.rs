@@ -32,7 +32,8 @@ pub struct Limits {
 pub const DEFAULT_TIMEOUT_SECONDS: u64 = 10;
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_SERIES: usize = 100;
-/// The label Prometheus' Kubernetes discovery gives each series of a pod for its namespace.
+/// The label the usual relabelling of Kubernetes discovery (`__meta_kubernetes_namespace`)
+/// gives every series of a pod, as the local Prometheus does.
 pub const DEFAULT_NAMESPACE_LABEL: &str = "namespace";
 
 impl Default for Limits {
@@ -105,8 +106,8 @@ impl Prometheus {
         let query: String = form_urlencoded::Serializer::new(String::new())
             .append_pair("query", promql)
             .append_pair("timeout", &format!("{}ms", evaluation.as_millis()))
-            // Prometheus 3.x stops at this many series; older ones ignore it and the
-            // answer is counted here.
+            // A Prometheus that knows `limit` (3.x) stops at this many series; an older
+            // one ignores it. Either way the answer is counted here.
             .append_pair("limit", &(self.limits.max_series + 1).to_string())
             .finish();
         let uri: hyper::Uri = format!("{}/api/v1/query?{query}", self.base)
