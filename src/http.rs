@@ -1,5 +1,6 @@
 //! The operator's HTTP endpoints: `/metrics`, `/healthz` (the process is alive) and
-//! `/readyz` (the API server has answered; running as leader or standby).
+//! `/readyz` (the replica's last Lease round got an answer from the API server: it leads,
+//! or stands by able to take over).
 
 use std::sync::{
     Arc,
@@ -27,7 +28,7 @@ pub fn router(health: Health) -> Router {
                 if h.ready.load(Ordering::Relaxed) {
                     (StatusCode::OK, "ok")
                 } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "starting")
+                    (StatusCode::SERVICE_UNAVAILABLE, "no answer from the API server")
                 }
             }),
         )

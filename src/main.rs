@@ -5,7 +5,13 @@
 //! `rbac` the permissions the operator needs (from `rbac.rs`).
 
 use mlops_operator::{
-    analysis::prometheus, analysis::scope, api, controllers, http, leader, metrics, rbac, telemetry,
+    analysis::{prometheus, scope},
+    api,
+    controllers::{
+        self,
+        pod_security::policy::{self, Level, PodPolicy},
+    },
+    http, leader, metrics, rbac, telemetry,
 };
 
 use std::{
@@ -17,7 +23,7 @@ use std::{
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 #[derive(Parser)]
 #[command(
@@ -137,6 +143,17 @@ struct RunArgs {
     /// production, where it would let an annotation break a serving model.
     #[arg(long, env = "MLOPS_ENABLE_FAULT_INJECTION")]
     enable_fault_injection: bool,
+    /// The Pod Security Standard level (restricted, baseline or privileged) every pod a
+    /// user's spec shapes (a TrainingJob's trainer template) must meet, in namespaces
+    /// without their own `--pod-security-level`. A spec breaking it gets no Job: it stalls
+    /// with reason PodPolicyViolation naming each field.
+    #[arg(long, env = "MLOPS_DEFAULT_POD_SECURITY_LEVEL", default_value = "restricted")]
+    default_pod_security_level: Level,
+    /// `NAMESPACE=LEVEL`: another level for one namespace (repeatable; the variable takes a
+    /// comma-separated list), e.g. `research=baseline` to allow root trainers there.
+    #[arg(long = "pod-security-level", env = "MLOPS_POD_SECURITY_LEVELS", value_delimiter = ',',
+          value_parser = policy::parse_namespace_level, value_name = "NAMESPACE=LEVEL")]
+    pod_security_levels: Vec<(String, Level)>,
     /// Name of the leader-election Lease.
     #[arg(long, default_value = DEFAULT_LEASE_NAME)]
     lease_name: String,
@@ -146,6 +163,10 @@ struct RunArgs {
     /// Seconds between renewals (and between attempts of a standby).
     #[arg(long, default_value_t = 2)]
     lease_retry_seconds: u64,
+    /// Seconds the leader may go without renewing before it stops reconciling; less than
+    /// --lease-duration-seconds [default: two thirds of it]
+    #[arg(long)]
+    lease_renew_deadline_seconds: Option<u64>,
     /// Seconds the reconciles in flight at SIGTERM may take to finish; then the operator
     /// releases its Lease and exits without them.
     #[arg(long, env = "MLOPS_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
@@ -155,12 +176,13 @@ struct RunArgs {
 /// Timeouts of the Kubernetes API client. A watch is one long request that the API server
 /// ends after the watch's `timeoutSeconds` (kube-runtime asks for 290 s, and drops a watch
 /// silent 5 s longer), so the read timeout (the longest silence on a connection) exceeds
-/// that; a plain call silent that long is abandoned too.
+/// that; a plain call silent that long is abandoned too. Lease requests have their own,
+/// shorter timeouts (`leader`).
 const KUBE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const KUBE_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const KUBE_READ_TIMEOUT: Duration = Duration::from_secs(300);
-/// Releasing the Lease at exit is a courtesy to the standby (the Lease expires anyway):
-/// never worth waiting long for.
+/// After the grace period, how long releasing the Lease may take before the process exits
+/// anyway (the Lease then expires by itself).
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
 
 fn main() -> anyhow::Result<()> {
@@ -193,14 +215,14 @@ fn main() -> anyhow::Result<()> {
                 watch_namespace: args.watch_namespace.filter(|ns| !ns.is_empty()),
                 timeout: Duration::from_secs(args.timeout_seconds),
             };
-            uninstall.run(kube_client(&config, KUBE_READ_TIMEOUT)?).await
+            uninstall.run(kube_client(&config)?).await
         }),
     }
 }
 
 /// Runs `work` to its end on a multi-threaded runtime. Whatever is still running then (a
-/// request stalled past the grace period, a task on a blocking thread)
-/// does not hold the exit.
+/// request stalled past the grace period, a task on a blocking thread) does not hold the
+/// exit.
 fn block_on(work: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -211,13 +233,12 @@ fn block_on(work: impl std::future::Future<Output = anyhow::Result<()>>) -> anyh
     outcome
 }
 
-/// A Kubernetes client whose every call has a timeout; `read_timeout` as for
-/// [`KUBE_READ_TIMEOUT`].
-fn kube_client(config: &kube::Config, read_timeout: Duration) -> anyhow::Result<kube::Client> {
+/// A Kubernetes client whose every call has a timeout (see [`KUBE_READ_TIMEOUT`]).
+fn kube_client(config: &kube::Config) -> anyhow::Result<kube::Client> {
     let mut config = config.clone();
     config.connect_timeout = Some(KUBE_CONNECT_TIMEOUT);
     config.write_timeout = Some(KUBE_WRITE_TIMEOUT);
-    config.read_timeout = Some(read_timeout);
+    config.read_timeout = Some(KUBE_READ_TIMEOUT);
     // Counted from each request, not from when its pooled connection went idle.
     config.reset_reader_on_write = true;
     kube::Client::try_from(config).context("building the Kubernetes client")
@@ -239,12 +260,17 @@ fn prometheus_client(args: &RunArgs) -> anyhow::Result<Option<prometheus::Promet
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format);
+    let lease_duration = Duration::from_secs(args.lease_duration_seconds);
+    let timing = leader::Timing::new(
+        lease_duration,
+        args.lease_renew_deadline_seconds
+            .map_or_else(|| leader::Timing::default_renew_deadline(lease_duration), Duration::from_secs),
+        Duration::from_secs(args.lease_retry_seconds),
+    )
+    .context("invalid leader election timing (--lease-duration-seconds, --lease-renew-deadline-seconds, --lease-retry-seconds)")?;
     let prometheus = prometheus_client(&args)?;
     let config = kube::Config::infer().await.context("connecting to the Kubernetes API")?;
-    let client = kube_client(&config, KUBE_READ_TIMEOUT)?;
-    // Lease calls never wait longer than half a lease: a renewal that hung past the lease
-    // would leave this replica reconciling after a standby took over.
-    let lease_client = kube_client(&config, Duration::from_secs(args.lease_duration_seconds.max(2) / 2))?;
+    let client = kube_client(&config)?;
     let grace = Duration::from_secs(args.shutdown_grace_seconds);
     let metrics = metrics::Metrics::new();
     let ready = Arc::new(AtomicBool::new(false));
@@ -267,76 +293,59 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let server = tokio::spawn(http::serve(listener, health, stopped(stop_rx.clone())));
 
     let identity = args.identity.unwrap_or_else(default_identity);
-    let mut elector = leader::LeaderElector::new(
-        lease_client,
+    // Ready while the replica's Lease requests get answers, as leader or as standby (the
+    // elector sets it): a standby that reports unready would stall every rolling update
+    // and block drains under the PodDisruptionBudget.
+    let elector = leader::LeaderElector::new(
+        client.clone(),
         leader::LeaseConfig {
             namespace: args.namespace.clone(),
             name: args.lease_name,
             identity: identity.clone(),
-            lease_duration: Duration::from_secs(args.lease_duration_seconds),
-            retry_period: Duration::from_secs(args.lease_retry_seconds),
+            timing,
         },
+        leader::Signals { leader: metrics.leader.clone(), ready },
     );
-    // Ready once the API server has answered: from then on a standby is doing its job,
-    // which is to wait. Until then (an unreachable or misconfigured API server) /readyz
-    // says so instead of pretending.
-    tokio::spawn({
-        let (client, ready) = (client.clone(), ready.clone());
+    // Each term of leadership gets fresh controllers; the elector cancels them when the
+    // term ends.
+    let settings = controllers::Settings {
+        watch_namespace: args.watch_namespace,
+        prometheus,
+        runtime_image: args.runtime_image,
+        fault_injection: args.enable_fault_injection,
+        pod_policy: PodPolicy {
+            default: args.default_pod_security_level,
+            namespaces: args.pod_security_levels.into_iter().collect(),
+        },
+    };
+    // On SIGTERM a term finishes the reconciles in flight for the grace period at most: a
+    // stalled request must not keep the process, and its renewed Lease, alive. Then the
+    // elector releases the Lease.
+    let term = || {
+        let ctx =
+            controllers::Context::new(client.clone(), metrics.clone(), identity.clone(), settings.clone());
+        let controllers = controllers::run_all(ctx, stop_rx.clone());
+        let grace_over = stopped(stop_rx.clone());
         async move {
-            loop {
-                match client.apiserver_version().await {
-                    Ok(_) => break ready.store(true, std::sync::atomic::Ordering::Relaxed),
-                    Err(e) => warn!(error = %e, "the API server does not answer yet"),
-                }
-                tokio::time::sleep(Duration::from_secs(2)).await;
+            tokio::select! {
+                () = controllers => {}
+                () = async { grace_over.await; tokio::time::sleep(grace).await } => warn!(
+                    grace_seconds = grace.as_secs(),
+                    "reconciles still in flight after the grace period: exiting without them"
+                ),
             }
         }
-    });
-
-    let mut rx = stop_rx.clone();
-    tokio::select! {
-        _ = elector.acquire() => {}
-        _ = rx.wait_for(|s| *s) => {
-            let _ = tokio::time::timeout(grace, server).await;
-            return Ok(());
-        }
-    }
-    metrics.leader.set(1);
-
-    let ctx = controllers::Context::new(
-        client,
-        metrics.clone(),
-        identity,
-        args.watch_namespace,
-        prometheus,
-        args.runtime_image,
-        args.enable_fault_injection,
-    );
-    let controllers = controllers::run_all(ctx, stop_rx.clone());
-    // On SIGTERM the controllers finish the reconciles in flight, for the grace period at
-    // most: a stalled request must not keep the process (and its renewed Lease) alive.
-    let grace_over = async {
+    };
+    let exit_by = async {
         stopped(stop_rx.clone()).await;
-        tokio::time::sleep(grace).await;
+        tokio::time::sleep(grace + RELEASE_TIMEOUT).await;
     };
-    let outcome = tokio::select! {
-        _ = controllers => Ok(()),
-        _ = grace_over => {
-            warn!(grace_seconds = grace.as_secs(), "reconciles still in flight after the grace period: exiting without them");
-            Ok(())
-        }
-        _ = elector.hold() => {
-            error!("leadership lost: exiting so that no two replicas reconcile at once");
-            Err(anyhow::anyhow!("leadership lost"))
-        }
-    };
-    // The Lease is no longer renewed from here (`hold` is dropped).
-    metrics.leader.set(0);
-    if tokio::time::timeout(RELEASE_TIMEOUT, elector.release()).await.is_err() {
-        warn!("releasing the leader lease timed out; it expires by itself");
+    tokio::select! {
+        () = elector.run(stop_rx.clone(), term) => {}
+        () = exit_by => warn!("the Lease was not released in time; it expires by itself"),
     }
-    server.abort();
-    outcome
+    let _ = tokio::time::timeout(RELEASE_TIMEOUT, server).await;
+    Ok(())
 }
 
 fn default_identity() -> String {

@@ -9,7 +9,10 @@ use kube::{
     Api,
     api::{ApiResource, DynamicObject, GroupVersionKind, ListParams},
 };
-use mlops_operator::api::{InferenceService, ModelVersion, conditions as cond};
+use mlops_operator::{
+    api::{InferenceService, ModelVersion, conditions as cond},
+    controllers::inference_service::desired::{deployment_name, role_service_name},
+};
 use serde_json::{Value, json};
 use testkit::{Operator, TestEnv, install_crds, output_text, wait_condition, wait_for, wait_until};
 
@@ -59,9 +62,10 @@ async fn switching_gateway_routing_off_removes_the_route_and_the_role_services()
     let routes: Api<DynamicObject> =
         Api::namespaced_with(env.client.clone(), &env.namespace, &ApiResource::from_gvk(&gvk));
     let services: Api<Service> = env.api();
-    wait_until(WAIT, "the HTTPRoute and the gw-stable Service", || async {
+    let (stable, canary) = (role_service_name("gw", "stable"), role_service_name("gw", "canary"));
+    wait_until(WAIT, "the HTTPRoute and the stable role Service", || async {
         let route = routes.get_opt("gw").await.ok().flatten()?;
-        services.get_opt("gw-stable").await.ok().flatten()?;
+        services.get_opt(&stable).await.ok().flatten()?;
         Some(route)
     })
     .await;
@@ -70,8 +74,8 @@ async fn switching_gateway_routing_off_removes_the_route_and_the_role_services()
     patch(&env, "gw", &json!({"spec": {"rollout": {"trafficRouting": null}}}));
     wait_until(WAIT, "the HTTPRoute and the role Services to be gone", || async {
         let route = routes.get_opt("gw").await.ok()?;
-        let stable = services.get_opt("gw-stable").await.ok()?;
-        let canary = services.get_opt("gw-canary").await.ok()?;
+        let stable = services.get_opt(&stable).await.ok()?;
+        let canary = services.get_opt(&canary).await.ok()?;
         (route.is_none() && stable.is_none() && canary.is_none()).then_some(())
     })
     .await;
@@ -100,8 +104,9 @@ async fn a_child_the_api_server_refuses_shows_as_a_condition_and_an_event_until_
     .await;
     let ready = condition(&refused, cond::READY).expect("a Ready condition");
     assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "ChildRejected"));
+    let deployment = deployment_name("web", "iris-v1");
     assert!(
-        ready.message.starts_with("apply Deployment web-iris-v1: ")
+        ready.message.starts_with(&format!("apply Deployment {deployment}: "))
             && ready.message.contains("must be less than or equal to cpu limit"),
         "the API server's own message, naming the step and the object: {}",
         ready.message
@@ -128,7 +133,7 @@ async fn a_child_the_api_server_refuses_shows_as_a_condition_and_an_event_until_
     .await;
     assert_ne!(condition(&fixed, cond::READY).map(|c| c.reason), Some("ChildRejected".into()));
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = env.api();
-    assert!(deployments.get_opt("web-iris-v1").await.unwrap().is_some());
+    assert!(deployments.get_opt(&deployment).await.unwrap().is_some());
 
     // A quantity that is not one (`cpu: half`) gets through the CRD's schema; the API
     // server answers the server-side apply with a 500 conversion error, which is the
@@ -139,5 +144,5 @@ async fn a_child_the_api_server_refuses_shows_as_a_condition_and_an_event_until_
     })
     .await;
     let ready = condition(&refused, cond::READY).expect("a Ready condition");
-    assert!(ready.message.starts_with("apply Deployment web-iris-v1: "), "{}", ready.message);
+    assert!(ready.message.starts_with(&format!("apply Deployment {deployment}: ")), "{}", ready.message);
 }

@@ -8,7 +8,10 @@ use kube::{
     Api,
     api::{ApiResource, DynamicObject, GroupVersionKind},
 };
-use mlops_operator::api::{InferenceService, conditions as cond};
+use mlops_operator::{
+    api::{InferenceService, conditions as cond},
+    controllers::inference_service::desired::role_service_name,
+};
 use serde_json::json;
 use testkit::{Operator, TestEnv, install_crds, output_text, wait_condition, wait_until};
 
@@ -56,7 +59,8 @@ async fn an_http_route_carries_the_canary_weights() {
         routes.get_opt("gw").await.ok().flatten()
     })
     .await;
-    assert_eq!(backends(&route), [("gw-stable".to_string(), 100)]);
+    let (stable, canary) = (role_service_name("gw", "stable"), role_service_name("gw", "canary"));
+    assert_eq!(backends(&route), [(stable.clone(), 100)]);
     assert_eq!(route.data["spec"]["hostnames"], json!(["iris.example"]));
     assert_eq!(route.data["spec"]["parentRefs"][0]["name"], "public");
 
@@ -64,29 +68,29 @@ async fn an_http_route_carries_the_canary_weights() {
     version(&env, "iris-v2", &artifact);
     wait_until(Duration::from_secs(90), "weights 70/30 on the route", || async {
         let r = routes.get("gw").await.ok()?;
-        (backends(&r) == [("gw-stable".to_string(), 70), ("gw-canary".to_string(), 30)]).then_some(())
+        (backends(&r) == [(stable.clone(), 70), (canary.clone(), 30)]).then_some(())
     })
     .await;
     let services: Api<Service> = env.api();
-    let selector = |name: &'static str| {
+    let selector = |name: String| {
         let services = services.clone();
         async move {
-            services.get(name).await.unwrap().spec.unwrap().selector.unwrap()["mlops.dev/model-version"]
+            services.get(&name).await.unwrap().spec.unwrap().selector.unwrap()["mlops.dev/model-version"]
                 .clone()
         }
     };
-    assert_eq!(selector("gw-stable").await, "iris-v1");
-    assert_eq!(selector("gw-canary").await, "iris-v2");
+    assert_eq!(selector(stable.clone()).await, "iris-v1");
+    assert_eq!(selector(canary.clone()).await, "iris-v2");
 
     // Promote by annotation: all weight to the new version.
     let out = env.kubectl(&["annotate", "isvc", "gw", "mlops.dev/promote=now"], None);
     assert!(out.status.success(), "{}", output_text(&out));
     wait_until(Duration::from_secs(60), "all weight on the promoted version", || async {
         let r = routes.get("gw").await.ok()?;
-        (backends(&r) == [("gw-stable".to_string(), 100)]).then_some(())
+        (backends(&r) == [(stable.clone(), 100)]).then_some(())
     })
     .await;
-    assert_eq!(selector("gw-stable").await, "iris-v2");
+    assert_eq!(selector(stable.clone()).await, "iris-v2");
     // Status is written after the children it describes, so it can trail the route by a pass.
     wait_until(Duration::from_secs(30), "status.stable = iris-v2", || async {
         let isvc = isvcs.get("gw").await.ok()?;

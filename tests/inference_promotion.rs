@@ -21,6 +21,7 @@ use mlops_operator::api::{
     InferenceService,
     inference_service::{CanaryPhase, CheckVerdict, RolloutOutcome},
 };
+use mlops_operator::controllers::inference_service::desired::deployment_name;
 use serde_json::json;
 use testkit::{Operator, wait_for, wait_until};
 
@@ -163,12 +164,12 @@ async fn a_good_version_is_promoted_through_every_step() {
     // The old stable stays as a standby at 0 replicas, then goes after the delay.
     assert_eq!(s.rollback_target.as_deref(), Some("iris-v1"));
     let deps = deployments(&env, "web").await;
-    assert_eq!(deps.get("web-iris-v1"), Some(&0), "{deps:?}");
-    assert_eq!(deps.get("web-iris-v2"), Some(&4), "{deps:?}");
+    assert_eq!(deps.get(&deployment_name("web", "iris-v1")), Some(&0), "{deps:?}");
+    assert_eq!(deps.get(&deployment_name("web", "iris-v2")), Some(&4), "{deps:?}");
     let promotion = s.stable.as_ref().unwrap().promotion_time.clone().expect("the promotion time").0;
     wait_until(SHORT, "the standby Deployment to go after scaleDownDelaySeconds", || async {
         let deps = deployments(&env, "web").await;
-        (!deps.contains_key("web-iris-v1")).then_some(())
+        (!deps.contains_key(&deployment_name("web", "iris-v1"))).then_some(())
     })
     .await;
     // Seen gone now, so it went at most now: a lower bound on the delay that a slow poll
@@ -260,7 +261,8 @@ async fn an_operator_killed_mid_rollout_resumes_where_it_was() {
             }
         }
         let deps = deployments(&env, "web").await;
-        assert!(deps.keys().all(|d| d == "web-iris-v1" || d == "web-iris-v2"), "{deps:?}");
+        let ours = [deployment_name("web", "iris-v1"), deployment_name("web", "iris-v2")];
+        assert!(deps.keys().all(|d| ours.contains(d)), "{deps:?}");
         if history_has(&i, "iris-v2", RolloutOutcome::Promoted) == 1 {
             break i;
         }
@@ -279,8 +281,10 @@ async fn an_operator_killed_mid_rollout_resumes_where_it_was() {
         list.into_iter().map(|d| (d.name_any(), d.uid().unwrap_or_default())).collect()
     };
     let after = uids(env.api::<Deployment>().list(&ListParams::default()).await.unwrap().items);
-    assert_eq!(after.keys().collect::<Vec<_>>(), ["web-iris-v1", "web-iris-v2"], "{after:?}");
-    assert_eq!(deps_before.keys().collect::<Vec<_>>(), ["web-iris-v1", "web-iris-v2"]);
+    let mut ours = [deployment_name("web", "iris-v1"), deployment_name("web", "iris-v2")];
+    ours.sort();
+    assert_eq!(after.keys().collect::<Vec<_>>(), ours.iter().collect::<Vec<_>>(), "{after:?}");
+    assert_eq!(deps_before.keys().collect::<Vec<_>>(), ours.iter().collect::<Vec<_>>());
     assert!(env.api::<Service>().get_opt("web").await.unwrap().is_some(), "the Service is kept");
     let hits = load.hits();
     assert!(hits.iter().all(|h| h.code != 500), "{:?}", summary(&hits));

@@ -19,10 +19,13 @@ use kube::{
     Api,
     api::{ListParams, Patch, PatchParams},
 };
-use mlops_operator::api::{
-    InferenceService, ModelVersion,
-    conditions::{self as cond},
-    inference_service::{CheckVerdict, RolloutOutcome},
+use mlops_operator::{
+    api::{
+        InferenceService, ModelVersion,
+        conditions::{self as cond},
+        inference_service::{CheckVerdict, RolloutOutcome},
+    },
+    controllers::inference_service::desired::deployment_name,
 };
 use serde_json::json;
 use testkit::{wait_condition, wait_for, wait_until};
@@ -158,7 +161,7 @@ async fn an_erroring_version_is_rolled_back_by_the_metric_check_and_retried_on_r
     let (ready, reason, _) = condition(&restored, cond::READY);
     assert_eq!((ready.as_str(), reason.as_str()), ("True", "ServingPrevious"));
     wait_until(SHORT, "the canary Deployment to go", || async {
-        (!deployments(&env, "web").await.contains_key("web-iris-v2")).then_some(())
+        (!deployments(&env, "web").await.contains_key(&deployment_name("web", "iris-v2"))).then_some(())
     })
     .await;
     // Events follow the status that records them: wait for them.

@@ -122,6 +122,12 @@ fn values_schema_refuses_unknown_and_invalid_values() {
         ("logFormat=yaml", "logFormat"),
         ("image.pullPolicy=Sometimes", "pullPolicy"),
         ("leaderElection.retryPeriodSeconds=0", "retryPeriodSeconds"),
+        (
+            "leaderElection.renewDeadlineSeconds=15",
+            "renewDeadlineSeconds must be less than leaseDurationSeconds",
+        ),
+        ("podPolicy.defaultLevel=root", "defaultLevel"),
+        ("podPolicy.namespaces.research=root", "research"),
     ] {
         let out = run_helm(&helm, &["template", RELEASE, CHART, "--set", set]);
         assert!(!out.status.success(), "--set {set} was accepted");
@@ -245,6 +251,36 @@ fn operator_deployment_is_restricted_probed_and_highly_available() {
 
     let docs = documents(&render(&helm, INSTALL_NAMESPACE, &["replicaCount=1"]));
     assert!(docs.iter().all(|d| d["kind"] != "PodDisruptionBudget"), "no PDB for a single replica");
+
+    // The renew deadline is the operator's default (two thirds of the lease) unless set.
+    assert!(!args.iter().any(|a| a.starts_with("--lease-renew-deadline-seconds")), "{args:?}");
+    let docs = documents(&render(&helm, INSTALL_NAMESPACE, &["leaderElection.renewDeadlineSeconds=8"]));
+    let args =
+        find(&docs, "Deployment", RELEASE)["spec"]["template"]["spec"]["containers"][0]["args"].clone();
+    assert!(args.as_array().unwrap().contains(&"--lease-renew-deadline-seconds=8".into()), "{args}");
+}
+
+#[test]
+#[ignore = "needs the pinned tools (make tools); make test runs it"]
+fn the_pod_policy_values_become_the_operators_flags() {
+    let helm = helm();
+    let args = |sets: &[&str]| -> Vec<String> {
+        let docs = documents(&render(&helm, INSTALL_NAMESPACE, sets));
+        let c = &find(&docs, "Deployment", RELEASE)["spec"]["template"]["spec"]["containers"][0];
+        let all = c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string());
+        all.filter(|a| a.contains("pod-security-level")).collect()
+    };
+    assert_eq!(args(&[]), ["--default-pod-security-level=restricted"]);
+    assert_eq!(
+        args(&[
+            "podPolicy.defaultLevel=baseline,podPolicy.namespaces.research=privileged,podPolicy.namespaces.lab=restricted"
+        ]),
+        [
+            "--default-pod-security-level=baseline",
+            "--pod-security-level=lab=restricted",
+            "--pod-security-level=research=privileged"
+        ]
+    );
 }
 
 #[test]
@@ -257,7 +293,9 @@ fn install_yaml_is_the_current_render() {
     assert_eq!(docs[0]["kind"], "Namespace");
     assert_eq!(docs[0]["metadata"]["name"], INSTALL_NAMESPACE);
     assert_eq!(docs[0]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"], "restricted");
-    let fresh = render(&helm, INSTALL_NAMESPACE, &[]);
+    // The plain install has no Helm hooks (`helm template --no-hooks`); the uninstall hook
+    // is the chart's only one.
+    let fresh = render(&helm, INSTALL_NAMESPACE, &["uninstall.releaseFinalizers=false"]);
     assert!(
         committed.ends_with(&fresh),
         "manifests/install.yaml is not the chart's current render: run `make generate`"

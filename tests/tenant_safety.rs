@@ -84,7 +84,10 @@ async fn a_fault_annotation_does_nothing_without_the_fault_injection_flag() {
     let _op = Operator::start_as(OPERATOR, &env.namespace, &[]);
     let _release = Release(env.namespace.clone());
     import_version(&env, &uri, "v1", Some(json!({"MLOPS_FAULT_ERROR_RATE": "1.0"}))).await;
-    let out = apply(&env, &inference_service("web", json!({"replicas": 1})));
+    // A short header timeout, set as any user would, for the slow client below.
+    let runtime =
+        json!({"preset": "MlopsRuntime", "env": [{"name": "MLOPS_HEADER_TIMEOUT_SECONDS", "value": "2"}]});
+    let out = apply(&env, &inference_service("web", json!({"replicas": 1, "runtime": runtime})));
     assert!(out.status.success(), "{}", output_text(&out));
     wait_serving(&env, "web", "v1").await;
 
@@ -102,11 +105,39 @@ async fn a_fault_annotation_does_nothing_without_the_fault_injection_flag() {
     }
     let addr = service_address(&env, "web").await;
     let body = r#"{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP64","data":[5.9,3.0,5.1,1.8]}]}"#;
+    // The Service answers once kube-proxy has its endpoints.
+    let post = || testkit::http_post(addr, "/v2/models/iris/infer", body);
+    wait_until(Duration::from_secs(30), "the Service to answer", || async { post() }).await;
     for _ in 0..20 {
-        let (code, text) =
-            testkit::http_post(addr, "/v2/models/iris/infer", body).expect("the service answers");
+        let (code, text) = post().expect("the service answers");
         assert_eq!(code, 200, "{text}");
     }
+
+    // A client that trickles its headers is cut off by the serving pod, not held for ever.
+    let slow = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let start = std::time::Instant::now();
+        for byte in b"POST /v2/models/iris/infer HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+        {
+            if s.write_all(&[*byte]).is_err() {
+                return start.elapsed();
+            }
+            let mut buf = [0u8; 256];
+            match s.read(&mut buf) {
+                Ok(0) => return start.elapsed(),
+                Ok(_) => return start.elapsed(),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(_) => return start.elapsed(),
+            }
+        }
+        panic!("still connected after {:?} of trickled headers", start.elapsed());
+    });
+    let cut = slow.await.unwrap();
+    assert!(cut < Duration::from_secs(10), "the slow client was held {cut:?}");
 }
 
 #[tokio::test]

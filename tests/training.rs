@@ -9,10 +9,13 @@ use kube::{
     Api,
     api::{DeleteParams, ListParams},
 };
-use mlops_operator::api::{
-    InferenceService, ModelVersion, TrainingJob,
-    conditions::{self as cond},
-    model_version::GateVerdict,
+use mlops_operator::{
+    api::{
+        InferenceService, ModelVersion, TrainingJob,
+        conditions::{self as cond},
+        model_version::GateVerdict,
+    },
+    controllers::training_job::desired::rendezvous_service_name,
 };
 use serde_json::json;
 use testkit::{
@@ -79,7 +82,7 @@ async fn a_training_run_produces_one_validated_model_version_with_lineage() {
     assert_eq!(job.metadata.labels.as_ref().unwrap()["mlops.dev/run"], "iris-r1");
     let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
     let c = &pod.containers[0];
-    assert_eq!(c.termination_message_policy.as_deref(), Some("FallbackToLogsOnError"));
+    assert_eq!(c.termination_message_policy.as_deref(), Some("File"));
     assert_eq!(c.security_context.as_ref().unwrap().allow_privilege_escalation, Some(false));
     assert_eq!(pod.security_context.as_ref().unwrap().run_as_non_root, Some(true));
     let env_of = |name: &str| c.env.iter().flatten().find(|e| e.name == name).and_then(|e| e.value.clone());
@@ -328,11 +331,12 @@ async fn a_distributed_run_is_an_indexed_job_behind_a_headless_service() {
     assert_eq!(spec.completion_mode.as_deref(), Some("Indexed"));
     assert_eq!((spec.completions, spec.parallelism), (Some(2), Some(2)));
     let pod = spec.template.spec.unwrap();
-    assert_eq!(pod.subdomain.as_deref(), Some("dist-r1"));
+    let service = rendezvous_service_name("dist-r1");
+    assert_eq!(pod.subdomain.as_deref(), Some(service.as_str()));
     let env_vars = pod.containers[0].env.clone().unwrap();
     let value = |n: &str| env_vars.iter().find(|e| e.name == n).and_then(|e| e.value.clone());
     assert_eq!(value("WORLD_SIZE").as_deref(), Some("2"));
-    assert_eq!(value("MASTER_ADDR").as_deref(), Some("dist-r1-0.dist-r1"));
+    assert_eq!(value("MASTER_ADDR"), Some(format!("dist-r1-0.{service}")));
     let rank = env_vars.iter().find(|e| e.name == "RANK").unwrap();
     assert!(
         rank.value_from
@@ -344,7 +348,7 @@ async fn a_distributed_run_is_an_indexed_job_behind_a_headless_service() {
             .field_path
             .contains("job-completion-index")
     );
-    let svc = env.api::<Service>().get("dist-r1").await.unwrap();
+    let svc = env.api::<Service>().get(&service).await.unwrap();
     assert_eq!(svc.spec.unwrap().cluster_ip.as_deref(), Some("None"));
     assert_eq!(env.api::<ModelVersion>().list(&ListParams::default()).await.unwrap().items.len(), 1);
 }

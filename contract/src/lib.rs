@@ -52,4 +52,24 @@ pub mod server_env {
     pub const HTTP_PORT: &str = "MLOPS_HTTP_PORT";
     /// Test-only fault injection variables (`MLOPS_FAULT_ERROR_RATE`, …) start with this.
     pub const FAULT_PREFIX: &str = "MLOPS_FAULT_";
+
+    // Limits the server reads. The operator does not set them; a user sets them in the
+    // InferenceService's `spec.runtime.env`. Each has a default in the server.
+
+    /// Largest request body in bytes (413 beyond).
+    pub const MAX_REQUEST_BYTES: &str = "MLOPS_MAX_REQUEST_BYTES";
+    /// Largest answer in bytes, bounded from the request's shape before any row is scored
+    /// (413 beyond).
+    pub const MAX_RESPONSE_BYTES: &str = "MLOPS_MAX_RESPONSE_BYTES";
+    /// Seconds from a request's first byte to the end of its headers; a slower client is
+    /// disconnected.
+    pub const HEADER_TIMEOUT_SECONDS: &str = "MLOPS_HEADER_TIMEOUT_SECONDS";
+    /// Seconds a keep-alive connection may stay idle (also: may take to read an answer).
+    pub const IDLE_TIMEOUT_SECONDS: &str = "MLOPS_IDLE_TIMEOUT_SECONDS";
+    /// Seconds from the end of a request's headers to its answer, body upload included
+    /// (503 beyond).
+    pub const REQUEST_TIMEOUT_SECONDS: &str = "MLOPS_REQUEST_TIMEOUT_SECONDS";
+    /// Requests in flight at once; more are answered 503 with `Retry-After` at once. Health,
+    /// readiness and `/metrics` are not counted and always answered.
+    pub const MAX_CONCURRENT_REQUESTS: &str = "MLOPS_MAX_CONCURRENT_REQUESTS";
 }

@@ -7,6 +7,7 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use contract::{server_env, trainer_env};
 use mlops_runtime::result::{self, DEFAULT_TERMINATION_PATH};
+use mlops_runtime::serve::limits::{self, Limits, count_setting, timeout_setting};
 use mlops_runtime::serve::{self, AppState, ServeConfig, fault::Faults};
 use mlops_runtime::split::SplitSpec;
 use mlops_runtime::train::Hyperparameters;
@@ -97,8 +98,23 @@ struct ServeArgs {
     #[arg(long, env = "POD_IP", hide = true)]
     pod_ip: Option<String>,
     /// Largest accepted request body.
-    #[arg(long, env = "MLOPS_MAX_REQUEST_BYTES", default_value_t = 4 << 20)]
+    #[arg(long, env = server_env::MAX_REQUEST_BYTES, default_value_t = 4 << 20)]
     max_request_bytes: usize,
+    /// Largest answer, bounded from the request's shape before scoring (413 beyond).
+    #[arg(long, env = server_env::MAX_RESPONSE_BYTES, default_value_t = limits::defaults::MAX_RESPONSE_BYTES)]
+    max_response_bytes: usize,
+    /// Seconds from a request's first byte to the end of its headers.
+    #[arg(long, env = server_env::HEADER_TIMEOUT_SECONDS, default_value_t = limits::defaults::HEADER_TIMEOUT_SECONDS)]
+    header_timeout_seconds: f64,
+    /// Seconds a keep-alive connection may stay idle.
+    #[arg(long, env = server_env::IDLE_TIMEOUT_SECONDS, default_value_t = limits::defaults::IDLE_TIMEOUT_SECONDS)]
+    idle_timeout_seconds: f64,
+    /// Seconds from the end of a request's headers to its answer (503 beyond).
+    #[arg(long, env = server_env::REQUEST_TIMEOUT_SECONDS, default_value_t = limits::defaults::REQUEST_TIMEOUT_SECONDS)]
+    request_timeout_seconds: f64,
+    /// Requests in flight; more are answered 503 at once (probes and /metrics not counted).
+    #[arg(long, env = server_env::MAX_CONCURRENT_REQUESTS, default_value_t = limits::defaults::MAX_CONCURRENT_REQUESTS)]
+    max_concurrent_requests: usize,
     /// Rows in the sliding drift window.
     #[arg(long, env = "MLOPS_DRIFT_WINDOW", default_value_t = 1000)]
     drift_window: usize,
@@ -354,6 +370,26 @@ fn train_config(args: &TrainArgs) -> Result<TrainConfig, TrainError> {
     })
 }
 
+fn serve_limits(args: &ServeArgs) -> Result<Limits, String> {
+    Ok(Limits {
+        header_timeout: timeout_setting(server_env::HEADER_TIMEOUT_SECONDS, args.header_timeout_seconds)?,
+        idle_timeout: timeout_setting(server_env::IDLE_TIMEOUT_SECONDS, args.idle_timeout_seconds)?,
+        request_timeout: timeout_setting(server_env::REQUEST_TIMEOUT_SECONDS, args.request_timeout_seconds)?,
+        max_concurrent_requests: count_setting(
+            server_env::MAX_CONCURRENT_REQUESTS,
+            args.max_concurrent_requests,
+            1,
+            limits::MAX_CONCURRENT_REQUESTS,
+        )?,
+        max_response_bytes: count_setting(
+            server_env::MAX_RESPONSE_BYTES,
+            args.max_response_bytes,
+            limits::MIN_RESPONSE_BYTES,
+            limits::MAX_RESPONSE_BYTES,
+        )?,
+    })
+}
+
 fn serve(args: ServeArgs) -> ExitCode {
     let fail = |msg: String| {
         tracing::error!("{msg}");
@@ -384,6 +420,10 @@ fn serve(args: ServeArgs) -> ExitCode {
             Ok(d) => d,
             Err(e) => return refuse(e),
         };
+    let limits = match serve_limits(&args) {
+        Ok(l) => l,
+        Err(e) => return refuse(e),
+    };
     let host = args.http_host.as_deref().or(args.pod_ip.as_deref());
     let addr = match serve::listen_address(host, args.http_port) {
         Ok(a) => a,
@@ -403,6 +443,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         model_uri: args.model_uri,
         model_digest: args.model_digest,
         max_body_bytes: args.max_request_bytes,
+        limits,
         drift_window: args.drift_window,
         drift_min_rows: args.drift_min_rows,
         shutdown_delay,

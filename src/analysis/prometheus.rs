@@ -54,7 +54,7 @@ impl Limits {
     }
 }
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Prometheus {
     base: String,
     namespace_label: String,

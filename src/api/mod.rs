@@ -51,7 +51,7 @@ pub const LABEL_MODEL_VERSION: &str = "mlops.dev/model-version";
 pub const LABEL_INFERENCE_SERVICE: &str = "mlops.dev/inference-service";
 
 // --- The two roles a version plays in an InferenceService's traffic: they name the ---
-// --- per-role Services (`<name>-stable`, `<name>-canary`) and fill `{{role}}` in queries. ---
+// --- per-role Services (`<name>-<role>-<hash>`) and fill `{{role}}` in queries. ---
 
 /// The version that holds the stable traffic.
 pub const ROLE_STABLE: &str = "stable";

@@ -1,10 +1,11 @@
 //! The one applier every controller uses, and how a failed pass becomes visible.
 //!
-//! A kind's pure `plan` says which children should exist; [`Applier::apply`] server-side
-//! applies each one, and [`Applier::prune`] deletes every child of the listed kinds that
-//! carries the owner's labels and the owner's controller reference but is no longer
-//! desired. An object without our controller reference is never touched, even when its
-//! labels match: it is not ours.
+//! A kind's pure `plan` says which children should exist; [`Applier::apply_all`] first
+//! makes sure every name is free or already the owner's ([`Applier::claim`]), then
+//! server-side applies each one, and [`Applier::prune`] deletes every child of the listed
+//! kinds that carries the owner's labels and the owner's controller reference but is no
+//! longer desired. An object without our controller reference is never written to or
+//! deleted, even when its labels or its name match: it is not ours (see [`ownership`]).
 //!
 //! Errors name the step and the object ("apply Service iris-stable: …"), and
 //! [`Failure::of`] turns one into the condition and Warning Event a user sees.
@@ -21,7 +22,10 @@ use kube::{
 };
 use serde::Serialize;
 
-use super::{Error, Result};
+use super::{
+    Error, Result,
+    ownership::{self, Owner, controlled_by},
+};
 use crate::api::{
     FIELD_MANAGER,
     conditions::{self as cond, Condition},
@@ -70,23 +74,40 @@ pub const ANNOTATION_APPLIED: &str = "mlops.dev/applied-digest";
 pub struct Applier {
     client: Client,
     namespace: String,
-    owner_uid: String,
+    owner: Owner,
     /// The label selector every child of this owner carries.
     selector: String,
     /// What [`Applier::observe`] listed, by kind; `None` for a kind the API server does not
     /// serve (for example HTTPRoute without the Gateway API installed).
     observed: Mutex<BTreeMap<String, Option<Vec<ObjectMeta>>>>,
+    /// What [`Applier::claim`] read by name at a desired child's name that the lists did
+    /// not show (an object without our labels), by `(kind, name)`; `None`: the name is free.
+    named: Mutex<BTreeMap<(String, String), Option<ObjectMeta>>>,
 }
 
 impl Applier {
-    pub fn new(client: Client, namespace: &str, owner_uid: &str, selector: &str) -> Applier {
+    pub fn new(client: Client, namespace: &str, owner: Owner, selector: &str) -> Applier {
         Applier {
             client,
             namespace: namespace.into(),
-            owner_uid: owner_uid.into(),
+            owner,
             selector: selector.into(),
             observed: Mutex::default(),
+            named: Mutex::default(),
         }
+    }
+
+    /// What the pass knows to exist at `kind`/`name`: from the lists, else read by name.
+    fn existing(&self, kind: &str, name: &str) -> Option<ObjectMeta> {
+        let listed = self.observed.lock().expect("observed lock").get(kind).cloned().flatten();
+        listed.and_then(|list| list.into_iter().find(|m| m.name.as_deref() == Some(name))).or_else(|| {
+            self.named
+                .lock()
+                .expect("named lock")
+                .get(&(kind.to_string(), name.to_string()))
+                .cloned()
+                .flatten()
+        })
     }
 
     fn api(&self, resource: &ApiResource) -> Api<DynamicObject> {
@@ -121,22 +142,73 @@ impl Applier {
         Ok(())
     }
 
+    /// Makes sure every name in `children` is free or held by a child of this owner: a
+    /// name the lists did not show is read (an object someone else made carries none of our
+    /// labels), and any name held by an object the owner does not control fails the pass
+    /// with [`Error::ChildConflict`], naming them all, before anything is written.
+    pub async fn claim(&self, children: &[Child]) -> Result<()> {
+        for child in children {
+            let (kind, name) = child.key();
+            let listed = self.observed.lock().expect("observed lock").get(&kind).cloned().flatten();
+            let in_list = listed.is_some_and(|l| l.iter().any(|m| m.name.as_deref() == Some(name.as_str())));
+            if in_list || self.named.lock().expect("named lock").contains_key(&(kind.clone(), name.clone())) {
+                continue;
+            }
+            let found = match self.api(&child.resource).get_metadata_opt(&name).await {
+                Ok(found) => found.map(|o| o.metadata),
+                // The kind is not served: nothing holds the name (the apply will say why).
+                Err(kube::Error::Api(s)) if s.code == 404 => None,
+                Err(e) => return Err(Error::child("get", &kind, &name, e)),
+            };
+            self.named.lock().expect("named lock").insert((kind, name), found);
+        }
+        let existing: Vec<(String, String, Option<ObjectMeta>)> = children
+            .iter()
+            .map(|c| {
+                let (kind, name) = c.key();
+                let meta = self.existing(&kind, &name);
+                (kind, name, meta)
+            })
+            .collect();
+        let conflicts = ownership::conflicts(
+            &self.owner,
+            existing.iter().map(|(k, n, m)| (k.as_str(), n.as_str(), m.as_ref())),
+        );
+        if conflicts.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::ChildConflict { owner_kind: self.owner.kind.clone(), conflicts })
+        }
+    }
+
     /// Server-side applies `child` with the operator's field manager, taking the fields it
     /// sends, unless the observed child already carries them ([`up_to_date`]). Returns
-    /// whether it wrote.
+    /// whether it wrote. Only after [`Applier::claim`]: the write is bound to what the
+    /// claim saw at the name (our object, or no object), so an object someone put there
+    /// since fails the write instead of being taken.
     pub async fn apply(&self, child: &Child) -> Result<bool> {
         let name = child.name();
-        let (object, digest) = with_digest(child)?;
-        let current = {
-            let observed = self.observed.lock().expect("observed lock");
-            observed
-                .get(&child.resource.kind)
-                .cloned()
-                .flatten()
-                .and_then(|list| list.into_iter().find(|m| m.name.as_deref() == Some(name.as_str())))
-        };
+        let (mut object, digest) = with_digest(child)?;
+        let current = self.existing(&child.resource.kind, &name);
+        if let Some(meta) = &current
+            && !controlled_by(meta, &self.owner.uid)
+        {
+            let conflicts = ownership::conflicts(
+                &self.owner,
+                [(child.resource.kind.as_str(), name.as_str(), Some(meta))],
+            );
+            return Err(Error::ChildConflict { owner_kind: self.owner.kind.clone(), conflicts });
+        }
         if current.as_ref().is_some_and(|m| up_to_date(m, &digest)) {
             return Ok(false);
+        }
+        // Bound to what the claim saw. An object of ours is named by its UID: if it was
+        // replaced since, the API server refuses to change the UID. A free name is applied
+        // with a resourceVersion no object has: the API server ignores it when it creates,
+        // and answers 409 Conflict if an object took the name meanwhile.
+        match current.and_then(|m| m.uid) {
+            Some(uid) => object.metadata.uid = Some(uid),
+            None => object.metadata.resource_version = Some(NO_OBJECT_RESOURCE_VERSION.into()),
         }
         let params = PatchParams::apply(FIELD_MANAGER).force();
         self.api(&child.resource)
@@ -146,8 +218,9 @@ impl Applier {
         Ok(true)
     }
 
-    /// Applies every child in order.
+    /// Claims every child's name ([`Applier::claim`]), then applies them in order.
     pub async fn apply_all(&self, children: &[Child]) -> Result<()> {
+        self.claim(children).await?;
         for child in children {
             self.apply(child).await?;
         }
@@ -169,7 +242,7 @@ impl Applier {
             let api = self.api(resource);
             for meta in listed.unwrap_or_default() {
                 let name = meta.name.clone().unwrap_or_default();
-                let ours = controlled_by(&meta, &self.owner_uid);
+                let ours = controlled_by(&meta, &self.owner.uid);
                 let wanted = keep.contains(&(resource.kind.clone(), name.clone()));
                 if !ours || wanted || meta.deletion_timestamp.is_some() {
                     continue;
@@ -227,10 +300,8 @@ fn owns_body_fields(entry: &ManagedFieldsEntry) -> bool {
     fields.keys().any(|k| k != "f:metadata" && k != ".")
 }
 
-/// Whether `meta` has a controller owner reference to the object with `uid`.
-pub fn controlled_by(meta: &ObjectMeta, uid: &str) -> bool {
-    meta.owner_references.iter().flatten().any(|r| r.controller == Some(true) && r.uid == uid)
-}
+/// A resourceVersion no object has: the last revision a store could count to.
+const NO_OBJECT_RESOURCE_VERSION: &str = "18446744073709551615";
 
 /// The keep set for [`Applier::prune`] from the children just applied.
 pub fn keys<'a>(children: impl IntoIterator<Item = &'a Child>) -> BTreeSet<(String, String)> {
@@ -252,11 +323,18 @@ pub const REASON_CHILD_REJECTED: &str = "ChildRejected";
 pub const REASON_FORBIDDEN: &str = "Forbidden";
 /// Anything else (API server unreachable, timeouts): retried with backoff.
 pub const REASON_RECONCILE_FAILED: &str = "ReconcileFailed";
+/// A child's name is held by an object the owner does not control (see [`ownership`]).
+pub const REASON_CHILD_CONFLICT: &str = "ChildConflict";
 
 impl Failure {
     /// What `err` means for the user; `None` for an optimistic-concurrency conflict, which
     /// the next pass resolves by itself and is not worth a condition or an Event.
     pub fn of(err: &Error) -> Option<Failure> {
+        // Only a human can free the name; the pass is retried with backoff (the object that
+        // holds it is not watched), so its removal is noticed within the backoff's bound.
+        if let Error::ChildConflict { .. } = err {
+            return Some(Failure { reason: REASON_CHILD_CONFLICT, message: err.to_string(), stalled: true });
+        }
         let status = match err {
             Error::Kube(kube::Error::Api(s)) => Some(s),
             Error::Child { source, .. } => match &**source {
@@ -267,6 +345,13 @@ impl Failure {
         };
         let (reason, stalled) = match status {
             Some(s) if s.code == 409 => return None,
+            // Our child was replaced by another object since the pass read it (the apply is
+            // bound to its UID): the next pass reads the newcomer and reports the conflict.
+            Some(s)
+                if s.code == 422 && s.message.contains("metadata.uid") && s.message.contains("immutable") =>
+            {
+                return None;
+            }
             Some(s) if s.code == 422 || s.code == 400 => (REASON_CHILD_REJECTED, true),
             // A server-side apply whose object cannot be converted to its typed form (a
             // quantity such as `cpu: half`) is answered 500, though it is the object that
@@ -307,6 +392,10 @@ mod tests {
         kube::Error::Api(Status::failure(message, "Invalid").with_code(code).boxed())
     }
 
+    fn owner() -> Owner {
+        Owner { kind: "InferenceService".into(), name: "iris".into(), uid: "mine".into() }
+    }
+
     fn t(secs: i64) -> Time {
         Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap())
     }
@@ -333,6 +422,8 @@ mod tests {
     #[test]
     fn conflicts_are_not_failures_and_transport_errors_are_retried() {
         assert_eq!(Failure::of(&Error::Kube(api_error(409, "conflict"))), None);
+        let replaced = "Service \"iris\" is invalid: metadata.uid: Invalid value: \"u\": field is immutable";
+        assert_eq!(Failure::of(&Error::child("apply", "Service", "iris", api_error(422, replaced))), None);
         let f = Failure::of(&Error::Kube(api_error(500, "etcd timeout"))).unwrap();
         assert_eq!((f.reason, f.stalled), (REASON_RECONCILE_FAILED, false));
         let f = Failure::of(&Error::Kube(api_error(403, "forbidden"))).unwrap();
@@ -349,21 +440,6 @@ mod tests {
         assert_eq!(cond::find(&conds, cond::READY).unwrap().message, "apply X y: bad");
         // The same failure again changes nothing: no write, no hot loop.
         assert!(!f.apply_to(&mut conds, Some(2), &t(20)));
-    }
-
-    #[test]
-    fn only_children_under_our_controller_reference_are_ours() {
-        let meta: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta =
-            serde_json::from_value(serde_json::json!({
-                "name": "x",
-                "ownerReferences": [
-                    {"apiVersion": "v1", "kind": "A", "name": "a", "uid": "other", "controller": true},
-                    {"apiVersion": "v1", "kind": "B", "name": "b", "uid": "mine", "controller": false}
-                ]
-            }))
-            .unwrap();
-        assert!(!controlled_by(&meta, "mine"));
-        assert!(controlled_by(&meta, "other"));
     }
 
     #[test]
@@ -391,7 +467,7 @@ mod tests {
             "DELETE" => (200, serde_json::json!({"kind": "Status", "status": "Success"})),
             _ => mock_api::status(405, "MethodNotAllowed", "unexpected"),
         });
-        let applier = Applier::new(client, "ns", "mine", "mlops.dev/inference-service=iris");
+        let applier = Applier::new(client, "ns", owner(), "mlops.dev/inference-service=iris");
         let keep = BTreeSet::from([("Service".to_string(), "iris".to_string())]);
         let services = ApiResource::erase::<k8s_openapi::api::core::v1::Service>(&());
         let pruned = applier.prune(&[services], &keep).await.unwrap();
@@ -440,13 +516,14 @@ mod tests {
         .unwrap();
         let child = Child::of(&svc).unwrap();
         let (_, digest) = with_digest(&child).unwrap();
-        let stored =
-            serde_json::json!({"metadata": {"name": "iris", "annotations": {ANNOTATION_APPLIED: digest}}});
+        let stored = serde_json::json!({"metadata": {"name": "iris", "uid": "svc-uid",
+            "annotations": {ANNOTATION_APPLIED: digest}, "ownerReferences": [
+            {"apiVersion": "mlops.dev/v1alpha1", "kind": "InferenceService", "name": "iris", "uid": "mine", "controller": true}]}});
         let (client, log) = mock_api::client(move |call: &Call| match call.method.as_str() {
             "GET" => mock_api::list("Service", vec![stored.clone()]),
             _ => mock_api::echo(call),
         });
-        let applier = Applier::new(client, "ns", "mine", "app=iris");
+        let applier = Applier::new(client, "ns", owner(), "app=iris");
         applier.observe(std::slice::from_ref(&child.resource)).await.unwrap();
         assert!(!applier.apply(&child).await.unwrap(), "unchanged: no write");
         let mut changed = child.clone();
@@ -454,6 +531,74 @@ mod tests {
         assert!(applier.apply(&changed).await.unwrap(), "changed: applied");
         let writes = mock_api::writes(&log);
         assert_eq!(writes.len(), 1);
-        assert!(writes[0].body.as_ref().unwrap()["metadata"]["annotations"][ANNOTATION_APPLIED].is_string());
+        let body = writes[0].body.as_ref().unwrap();
+        assert!(body["metadata"]["annotations"][ANNOTATION_APPLIED].is_string());
+        assert_eq!(body["metadata"]["uid"], "svc-uid", "bound to the object the pass saw");
+    }
+
+    fn service(name: &str) -> Child {
+        let svc: k8s_openapi::api::core::v1::Service =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+        Child::of(&svc).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_name_held_by_an_object_we_do_not_control_is_a_conflict_and_nothing_is_written() {
+        use crate::controllers::mock_api::{self, Call};
+        // `theirs` carries our labels (it is listed) under another controller; `frontend`
+        // has none of our labels (only a read by name finds it); `free` does not exist.
+        let theirs = serde_json::json!({"metadata": {"name": "theirs", "uid": "t", "ownerReferences": [
+            {"apiVersion": "apps/v1", "kind": "Deployment", "name": "shop", "uid": "d", "controller": true}]}});
+        let frontend = serde_json::json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+            "metadata": {"name": "frontend", "uid": "f"}});
+        let (client, log) = mock_api::client(move |call: &Call| match (call.method.as_str(), call.line()) {
+            ("GET", l) if l.ends_with("/services") => mock_api::list("Service", vec![theirs.clone()]),
+            ("GET", l) if l.ends_with("/services/frontend") => (200, frontend.clone()),
+            ("GET", _) => mock_api::not_found(),
+            _ => mock_api::echo(call),
+        });
+        let applier = Applier::new(client, "ns", owner(), "app=iris");
+        let children = [service("free"), service("frontend"), service("theirs")];
+        applier.observe(std::slice::from_ref(&children[0].resource)).await.unwrap();
+        let err = applier.apply_all(&children).await.unwrap_err();
+        let Error::ChildConflict { conflicts, .. } = &err else { panic!("{err}") };
+        let shown: Vec<String> = conflicts.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            ["Service/frontend (no controller)", "Service/theirs (controlled by Deployment/shop)"]
+        );
+        let failure = Failure::of(&err).unwrap();
+        assert_eq!((failure.reason, failure.stalled), (REASON_CHILD_CONFLICT, true));
+        assert!(mock_api::writes(&log).is_empty(), "nothing applied, not even the free name");
+        let services = ApiResource::erase::<k8s_openapi::api::core::v1::Service>(&());
+        assert!(applier.prune(&[services], &BTreeSet::new()).await.unwrap().is_empty(), "nothing pruned");
+        assert!(mock_api::writes(&log).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_free_name_is_applied_bound_to_a_resource_version_no_object_has() {
+        use crate::controllers::mock_api::{self, Call};
+        let (client, log) = mock_api::client(move |call: &Call| match call.method.as_str() {
+            "GET" if call.line().ends_with("/services") => mock_api::list("Service", vec![]),
+            "GET" => mock_api::not_found(),
+            _ => mock_api::echo(call),
+        });
+        let applier = Applier::new(client, "ns", owner(), "app=iris");
+        let child = service("iris");
+        applier.observe(std::slice::from_ref(&child.resource)).await.unwrap();
+        applier.apply_all(std::slice::from_ref(&child)).await.unwrap();
+        let lines = mock_api::lines(&log);
+        assert_eq!(
+            lines,
+            [
+                "GET /api/v1/namespaces/ns/services",
+                "GET /api/v1/namespaces/ns/services/iris",
+                "PATCH /api/v1/namespaces/ns/services/iris"
+            ]
+        );
+        let writes = mock_api::writes(&log);
+        let meta = &writes[0].body.as_ref().unwrap()["metadata"];
+        assert_eq!(meta["resourceVersion"], NO_OBJECT_RESOURCE_VERSION, "created, or refused if taken since");
+        assert!(meta.get("uid").is_none(), "{meta}");
     }
 }

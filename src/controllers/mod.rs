@@ -8,6 +8,8 @@ pub mod inference_service;
 #[cfg(test)]
 pub mod mock_api;
 pub mod model_version;
+pub mod names;
+pub mod ownership;
 pub mod pod_security;
 pub mod training_job;
 
@@ -32,6 +34,22 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::{api::FIELD_MANAGER, metrics::Metrics};
 
+/// What the operator's flags set for the controllers.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    /// Only this namespace is watched when set (a namespace-scoped install, or a test).
+    pub watch_namespace: Option<String>,
+    /// Where metric checks and drift queries are measured, each scoped to its object's
+    /// namespace and bounded; `None` makes every metric check a query error.
+    pub prometheus: Option<crate::analysis::prometheus::Prometheus>,
+    /// The reference runtime image, which runs the data trigger's dataset checks.
+    pub runtime_image: String,
+    /// Honour the `mlops.dev/test-fault-env` annotation (tests and demos only).
+    pub fault_injection: bool,
+    /// The pod security level of each namespace, which the pods users shape must meet.
+    pub pod_policy: pod_security::policy::PodPolicy,
+}
+
 /// What every reconcile needs.
 pub struct Context {
     pub client: Client,
@@ -45,30 +63,25 @@ pub struct Context {
     pub runtime_image: String,
     /// Honour the `mlops.dev/test-fault-env` annotation (tests and demos only).
     pub fault_injection: bool,
+    /// The pod security level of each namespace, which the pods users shape must meet.
+    pub pod_policy: pod_security::policy::PodPolicy,
     /// Consecutive failed reconciles per object, for exponential backoff, and the last
     /// failure's message (a Warning Event is published once per distinct failure).
     failures: Mutex<HashMap<String, (u32, String)>>,
 }
 
 impl Context {
-    pub fn new(
-        client: Client,
-        metrics: Metrics,
-        instance: String,
-        watch_namespace: Option<String>,
-        prometheus: Option<crate::analysis::prometheus::Prometheus>,
-        runtime_image: String,
-        fault_injection: bool,
-    ) -> Arc<Context> {
+    pub fn new(client: Client, metrics: Metrics, instance: String, settings: Settings) -> Arc<Context> {
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(instance) };
         Arc::new(Context {
             reporter,
             client,
             metrics,
-            watch_namespace,
-            runtime_image,
-            fault_injection,
-            prometheus,
+            watch_namespace: settings.watch_namespace,
+            runtime_image: settings.runtime_image,
+            fault_injection: settings.fault_injection,
+            pod_policy: settings.pod_policy,
+            prometheus: settings.prometheus,
             failures: Mutex::default(),
         })
     }
@@ -190,6 +203,9 @@ pub enum Error {
     Child { step: &'static str, kind: String, name: String, source: Box<kube::Error> },
     #[error("serializing an object: {0}")]
     Serialize(#[from] serde_json::Error),
+    /// Children's names held by objects the owner does not control: nothing was written.
+    #[error("{}", ownership::describe(owner_kind, conflicts))]
+    ChildConflict { owner_kind: String, conflicts: Vec<ownership::Conflict> },
 }
 
 impl Error {
@@ -253,6 +269,7 @@ impl Error {
             }
             Error::Child { .. } => "child_error",
             Error::Serialize(_) => "serialize",
+            Error::ChildConflict { .. } => "child_conflict",
         }
     }
 }
@@ -317,6 +334,16 @@ pub fn truncate(mut s: String, max: usize) -> String {
         s.push('…');
     }
     s
+}
+
+/// The settings of the shell tests' operator: namespace `ns`, nothing else configured.
+#[cfg(test)]
+pub fn test_settings() -> Settings {
+    Settings {
+        watch_namespace: Some("ns".into()),
+        runtime_image: "runtime:dev".into(),
+        ..Settings::default()
+    }
 }
 
 /// Runs every controller until `shutdown` resolves.

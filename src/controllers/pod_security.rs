@@ -1,11 +1,13 @@
-//! The security settings of every pod the operator creates, as one pure function: the pod
-//! passes the restricted Pod Security Standard and runs under a real kubelet with a
-//! read-only root filesystem, whatever user its image names.
+//! The security settings of every pod the operator creates, as one pure function, and the
+//! pod policy that judges what a user's spec puts into them ([`policy`]).
 //!
-//! [`secure_pod`] only fills in what the pod leaves unset. A value the user gave (in a
-//! TrainingJob's `trainer.template`, `trainer.env`, or an InferenceService's `runtime.env`)
-//! is kept, field by field: the namespace's admission (Pod Security Admission) judges the
-//! result against whatever policy the cluster has.
+//! [`secure_pod`] only fills in what the pod leaves unset, so the pod passes the restricted
+//! Pod Security Standard and runs under a real kubelet with a read-only root filesystem,
+//! whatever user its image names. A value the user gave (in a TrainingJob's
+//! `trainer.template`, `trainer.env`, or an InferenceService's `runtime.env`) is kept, field
+//! by field, and no default contradicts it: a pod that asks for root gets no `runAsNonRoot`,
+//! a privileged container no `allowPrivilegeEscalation: false`. Whether such a pod may be
+//! created at all is the pod policy's decision, before anything is applied.
 
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EmptyDirVolumeSource, EnvVar, PodSecurityContext, PodSpec, SeccompProfile,
@@ -38,23 +40,49 @@ pub fn runtime_default_seccomp() -> SeccompProfile {
     SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() }
 }
 
-/// Fills in the restricted defaults `pod` leaves unset. Pod level: `runAsNonRoot: true`,
-/// `runAsUser`/`runAsGroup`/`fsGroup` from `run_as`, seccomp `RuntimeDefault`. Every
-/// container and init container: `allowPrivilegeEscalation: false`, capabilities
+/// Fills in the restricted defaults `pod` leaves unset. Pod level: no service-account token
+/// (`automountServiceAccountToken: false`), seccomp `RuntimeDefault`, `fsGroup` from
+/// `run_as`, and `runAsNonRoot: true` with `runAsUser`/`runAsGroup` from `run_as`. Every
+/// container and init container: `allowPrivilegeEscalation: false` (unless privileged or
+/// adding `SYS_ADMIN`, which the API server refuses together with it), capabilities
 /// `drop: [ALL]`. The containers named in `own` (those the operator defines, not a user's
 /// sidecars) also get a read-only root filesystem, an emptyDir at [`TMP_DIR`] unless they
 /// mount something there, and `HOME` on an emptyDir at [`HOME_DIR`] unless they set `HOME`.
+///
+/// A container asking for root (`runAsNonRoot: false` or `runAsUser: 0`, its own or the
+/// pod's) gets no user defaults: `runAsNonRoot: false` alone runs the image's own user. The
+/// other containers of such a pod get the user defaults on their own security context.
 pub fn secure_pod(pod: &mut PodSpec, run_as: RunAs, own: &[&str]) {
+    pod.automount_service_account_token.get_or_insert(false);
+    let psc = pod.security_context.clone().unwrap_or_default();
+    let asks_root = |c: &Container| {
+        let sc = c.security_context.clone().unwrap_or_default();
+        sc.run_as_non_root.or(psc.run_as_non_root) == Some(false)
+            || sc.run_as_user.or(psc.run_as_user) == Some(0)
+    };
+    let any_root = pod.init_containers.iter().flatten().chain(&pod.containers).any(asks_root);
     let sc = pod.security_context.get_or_insert_with(PodSecurityContext::default);
-    sc.run_as_non_root.get_or_insert(true);
-    sc.run_as_user.get_or_insert(run_as.user);
-    sc.run_as_group.get_or_insert(run_as.group);
+    if !any_root {
+        sc.run_as_non_root.get_or_insert(true);
+        sc.run_as_user.get_or_insert(run_as.user);
+        sc.run_as_group.get_or_insert(run_as.group);
+    }
     // The group of the pod's writable volumes (claims, emptyDirs), so the user can write them.
     sc.fs_group.get_or_insert(run_as.group);
     sc.seccomp_profile.get_or_insert_with(runtime_default_seccomp);
 
     let mut volumes = Vec::new();
     for c in pod.init_containers.iter_mut().flatten().chain(pod.containers.iter_mut()) {
+        if any_root && !asks_root(c) {
+            let sc = c.security_context.get_or_insert_with(SecurityContext::default);
+            sc.run_as_non_root.get_or_insert(true);
+            if psc.run_as_user.is_none() {
+                sc.run_as_user.get_or_insert(run_as.user);
+            }
+            if psc.run_as_group.is_none() {
+                sc.run_as_group.get_or_insert(run_as.group);
+            }
+        }
         restrict(c);
         if own.contains(&c.name.as_str()) {
             for volume in writable_dirs(c) {
@@ -76,10 +104,17 @@ pub fn secure_pod(pod: &mut PodSpec, run_as: RunAs, own: &[&str]) {
     }
 }
 
-/// The restricted profile's container fields, where unset.
+/// The restricted profile's container fields, where unset and not contradicting what is set.
 fn restrict(c: &mut Container) {
     let sc = c.security_context.get_or_insert_with(SecurityContext::default);
-    sc.allow_privilege_escalation.get_or_insert(false);
+    let adds_sys_admin = sc
+        .capabilities
+        .iter()
+        .flat_map(|c| c.add.iter().flatten())
+        .any(|a| a == "SYS_ADMIN" || a == "CAP_SYS_ADMIN");
+    if sc.privileged != Some(true) && !adds_sys_admin {
+        sc.allow_privilege_escalation.get_or_insert(false);
+    }
     let caps = sc.capabilities.get_or_insert_with(Capabilities::default);
     caps.drop.get_or_insert_with(|| vec!["ALL".into()]);
 }
@@ -117,7 +152,6 @@ fn mount(volume: &str, path: &str) -> VolumeMount {
     VolumeMount { name: volume.into(), mount_path: path.into(), ..VolumeMount::default() }
 }
 
-#[cfg(test)]
-pub mod restricted;
+pub mod policy;
 #[cfg(test)]
 mod tests;

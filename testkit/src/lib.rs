@@ -40,9 +40,11 @@ use kube::{
 };
 use serde::de::DeserializeOwned;
 
+mod api_proxy;
 mod operator;
 mod s3;
 
+pub use api_proxy::ApiProxy;
 pub use operator::Operator;
 pub use s3::S3Server;
 
@@ -70,16 +72,23 @@ impl TestEnv {
     /// Connects and creates a fresh namespace named after the test; panics with how to
     /// start a cluster when none answers (the test is then a failure, never a pass).
     pub async fn start(test_name: &str) -> TestEnv {
+        // Pod Security Admission at `restricted`, enforced: every pod the operator creates
+        // for a test must pass the policy a careful platform team sets.
+        TestEnv::start_with_pod_security(test_name, "restricted").await
+    }
+
+    /// [`TestEnv::start`] with the namespace's Pod Security Admission enforcing `level`
+    /// (`restricted`, `baseline` or `privileged`), for a test of what a laxer namespace
+    /// may run (a root trainer under `baseline`).
+    pub async fn start_with_pod_security(test_name: &str, level: &str) -> TestEnv {
         let config =
             connect_config().await.unwrap_or_else(|why| panic!("{test_name}: {HOW_TO_START} ({why})"));
         let client = Client::try_from(config.clone()).expect("client from a valid config");
         let namespace = unique_name(test_name);
-        // Pod Security Admission at `restricted`, enforced: every pod the operator creates
-        // for a test must pass the policy a careful platform team sets.
         let ns: Namespace = serde_json::from_value(serde_json::json!({
             "metadata": {"name": namespace, "labels": {
                 "mlops.dev/e2e": "true",
-                "pod-security.kubernetes.io/enforce": "restricted",
+                "pod-security.kubernetes.io/enforce": level,
                 "pod-security.kubernetes.io/enforce-version": "latest",
             }}
         }))

@@ -28,6 +28,17 @@ impl Operator {
 
     /// Starts the operator as a production install runs it: no fault injection.
     pub fn start_as(binary: &str, namespace: &str, extra: &[&str]) -> Operator {
+        Self::start_with_kubeconfig(binary, namespace, extra, &kubeconfig_path())
+    }
+
+    /// [`Operator::start_as`] reaching the API server as `kubeconfig` says (through an
+    /// [`crate::ApiProxy`], say).
+    pub fn start_with_kubeconfig(
+        binary: &str,
+        namespace: &str,
+        extra: &[&str],
+        kubeconfig: &std::path::Path,
+    ) -> Operator {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free loopback port")
@@ -48,7 +59,7 @@ impl Operator {
         let child = cmd
             .args(["--namespace", namespace, "--lease-duration-seconds", "6", "--lease-retry-seconds", "1"])
             .args(extra)
-            .env("KUBECONFIG", kubeconfig_path())
+            .env("KUBECONFIG", kubeconfig)
             // MLOPS_E2E_OPERATOR_LOG overrides the filter (e.g. `info,mlops_operator=debug`).
             .env(
                 "RUST_LOG",
@@ -68,6 +79,11 @@ impl Operator {
     /// The operator's `/metrics` text, or `None` while it does not answer.
     pub fn metrics(&self) -> Option<String> {
         http_get(self.metrics_addr, "/metrics")
+    }
+
+    /// `/readyz` answers 200.
+    pub fn ready(&self) -> bool {
+        http_get(self.metrics_addr, "/readyz").is_some()
     }
 
     /// The value of a sample line in `/metrics` that starts with `series`.

@@ -34,7 +34,9 @@ const INFER_BODY: &str =
 const LOAD_MAX_DURATION: Duration = Duration::from_secs(900);
 const LOAD_MAX_REQUESTS: usize = 200_000;
 
-fn infer_once(addr: SocketAddr) -> (u16, String) {
+/// One inference request: the HTTP status (0 when the connection failed) and the
+/// `model_version` that answered.
+pub fn infer_once(addr: SocketAddr) -> (u16, String) {
     let attempt = || -> Option<(u16, String)> {
         assert!(
             testkit::is_local_cluster_address(addr.ip()),

@@ -3,7 +3,8 @@
 //! Every error is JSON `{"error": "..."}`; a malformed request is a 4xx that
 //! names the bad field, never a 5xx (500 comes only from fault injection).
 
-use super::protocol::{self, PREDICT_OUTPUT, PROBA_OUTPUT, push_json_f64, push_json_str};
+use super::metrics::Reason;
+use super::protocol::{self, AnswerShape, PREDICT_OUTPUT, PROBA_OUTPUT, push_json_f64, push_json_str};
 use super::{AppState, Served};
 use crate::model::Prediction;
 use axum::Router;
@@ -45,7 +46,7 @@ fn json(status: StatusCode, body: String) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-fn error(status: StatusCode, message: &str) -> Response {
+pub(super) fn error(status: StatusCode, message: &str) -> Response {
     json(status, serde_json::json!({ "error": message }).to_string())
 }
 
@@ -207,10 +208,11 @@ async fn model_ready(State(s): State<AppRef>, m: ModelRef) -> Response {
 }
 
 async fn metrics(State(s): State<AppRef>) -> Response {
-    let body = match s.served.get() {
+    let mut body = match s.served.get() {
         Some(served) => served.metrics.render(&served.model.card.features),
         None => "# the model is not loaded yet\n".into(),
     };
+    s.limit_metrics.render_into(&mut body, s.in_flight.load(std::sync::atomic::Ordering::Relaxed));
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
@@ -242,12 +244,45 @@ async fn infer(
     response
 }
 
+/// Refuses, before any row is scored, a batch whose answer could exceed
+/// `MLOPS_MAX_RESPONSE_BYTES` (its size is bounded by its shape).
+fn refuse_huge_answer(s: &AppState, served: &Served, batch: &protocol::Batch) -> Result<(), ApiError> {
+    let limit = s.config.limits.max_response_bytes;
+    let shape = AnswerShape {
+        head_bytes: served.response_head.len(),
+        id_bytes: batch.id.as_ref().map(String::len),
+        predict_value_bytes: served.predict_value_bytes,
+        classes: served.model.predictor.n_outputs(),
+    };
+    let bound = protocol::answer_bound(batch.rows, batch.outputs, &shape);
+    if bound <= limit {
+        return Ok(());
+    }
+    s.limit_metrics.reject(Reason::ResponseTooLarge);
+    Err(ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "outputs: the answer to {} rows could take {bound} bytes, over the {limit}-byte limit \
+             (MLOPS_MAX_RESPONSE_BYTES); send at most {} rows per request",
+            batch.rows,
+            protocol::rows_within(limit, batch.outputs, &shape)
+        ),
+    ))
+}
+
 /// Decodes, predicts and encodes; the `Err` side is an error response.
 fn predict(s: &AppState, served: &Served, body: Result<Bytes, BytesRejection>) -> Result<String, ApiError> {
     let body = body.map_err(|rejection| {
         let status = rejection.status();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(status, format!("body: request larger than {} bytes", s.config.max_body_bytes))
+            s.limit_metrics.reject(Reason::RequestTooLarge);
+            ApiError::new(
+                status,
+                format!(
+                    "body: request larger than {} bytes (MLOPS_MAX_REQUEST_BYTES)",
+                    s.config.max_body_bytes
+                ),
+            )
         } else {
             ApiError::new(status, format!("body: {}", rejection.body_text()))
         }
@@ -256,6 +291,7 @@ fn predict(s: &AppState, served: &Served, body: Result<Bytes, BytesRejection>) -
     let request = protocol::parse(&body).map_err(bad)?;
     let card = &served.model.card;
     let batch = protocol::decode(request, &card.features, served.regression).map_err(bad)?;
+    refuse_huge_answer(s, served, &batch)?;
     if s.config.faults.inject_error() {
         return Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,

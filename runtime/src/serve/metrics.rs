@@ -4,13 +4,21 @@
 //!
 //! | name | type | labels | meaning |
 //! | --- | --- | --- | --- |
-//! | `mlops_requests_total` | counter | `code` | inference requests by HTTP status (health probes and scrapes are not counted, so error ratios reflect predictions) |
+//! | `mlops_requests_total` | counter | `code` | inference requests by HTTP status, refusals by a limit included (503, 413) (health probes and scrapes are not counted, so error ratios reflect predictions) |
 //! | `mlops_request_duration_seconds` | histogram | | inference request latency, body read to response built |
 //! | `mlops_predictions_total` | counter | `class` | predicted rows by class (classifiers) |
 //! | `mlops_inference_rows_total` | counter | | rows predicted (all models) |
 //! | `mlops_feature_drift_psi` | gauge | `feature` | PSI of the drift window against the training distribution; absent until the window holds `MLOPS_DRIFT_MIN_ROWS` rows |
 //! | `mlops_drift_window_rows` | gauge | | rows currently in the drift window |
 //! | `mlops_model_info` | gauge (1) | `algorithm`, `digest` | the loaded artifact |
+//!
+//! Two series of the server's limits do not carry the model labels:
+//! `mlops_server_rejected_total{reason}`, what the limits refused (see
+//! [`Reason`]), and `mlops_server_requests_in_flight`, requests admitted and not
+//! yet answered (against `MLOPS_MAX_CONCURRENT_REQUESTS`). They count from the
+//! first connection, before the model is loaded or a route is known (a header
+//! timeout happens before the request line is complete); a pod serves one
+//! model, so the scrape's pod labels tell which.
 //!
 //! Hot-path cost: label lookups happen once at load (one handle per status
 //! code and class), counters are atomics, and the drift window is updated
@@ -19,7 +27,7 @@
 use crate::artifact::LoadedModel;
 use crate::drift::Window;
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
 use std::collections::HashMap;
@@ -177,5 +185,120 @@ impl ServerMetrics {
         let mut out = Vec::with_capacity(4096);
         TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding cannot fail");
         String::from_utf8(out).expect("exposition is UTF-8")
+    }
+}
+
+/// Why a limit refused a connection or a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Headers not complete within `MLOPS_HEADER_TIMEOUT_SECONDS` of the first byte:
+    /// the connection is closed.
+    HeaderTimeout,
+    /// No answer within `MLOPS_REQUEST_TIMEOUT_SECONDS`: 503.
+    RequestTimeout,
+    /// `MLOPS_MAX_CONCURRENT_REQUESTS` already in flight: 503 with `Retry-After`.
+    Overloaded,
+    /// Body over `MLOPS_MAX_REQUEST_BYTES`: 413.
+    RequestTooLarge,
+    /// Answer bound over `MLOPS_MAX_RESPONSE_BYTES`: 413 before scoring.
+    ResponseTooLarge,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 5] = [
+        Reason::HeaderTimeout,
+        Reason::RequestTimeout,
+        Reason::Overloaded,
+        Reason::RequestTooLarge,
+        Reason::ResponseTooLarge,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::HeaderTimeout => "header_timeout",
+            Reason::RequestTimeout => "request_timeout",
+            Reason::Overloaded => "overloaded",
+            Reason::RequestTooLarge => "request_too_large",
+            Reason::ResponseTooLarge => "response_too_large",
+        }
+    }
+}
+
+/// The limits' series: `mlops_server_rejected_total{reason}`, every reason present
+/// from the start (at 0) so `rate()` and `increase()` work from the first scrape,
+/// and `mlops_server_requests_in_flight`, read from the transport's count at
+/// scrape time (nothing on the hot path).
+pub struct LimitMetrics {
+    registry: Registry,
+    by_reason: Vec<IntCounter>,
+    in_flight: IntGauge,
+}
+
+impl Default for LimitMetrics {
+    fn default() -> LimitMetrics {
+        let registry = Registry::new();
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "mlops_server_rejected_total",
+                "Connections and requests refused by a server limit, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let in_flight = IntGauge::new(
+            "mlops_server_requests_in_flight",
+            "Requests admitted and not yet answered (probes and scrapes are not counted).",
+        )
+        .expect("valid metric");
+        registry.register(Box::new(rejected.clone())).expect("metric names are unique");
+        registry.register(Box::new(in_flight.clone())).expect("metric names are unique");
+        let by_reason = Reason::ALL.iter().map(|r| rejected.with_label_values(&[r.label()])).collect();
+        LimitMetrics { registry, by_reason, in_flight }
+    }
+}
+
+impl LimitMetrics {
+    #[inline]
+    pub fn reject(&self, reason: Reason) {
+        self.by_reason[reason as usize].inc();
+    }
+
+    pub fn get(&self, reason: Reason) -> u64 {
+        self.by_reason[reason as usize].get()
+    }
+
+    /// Appends the text exposition to `out`, with `in_flight` requests.
+    pub fn render_into(&self, out: &mut String, in_flight: usize) {
+        self.in_flight.set(in_flight as i64);
+        let mut bytes = Vec::with_capacity(512);
+        TextEncoder::new().encode(&self.registry.gather(), &mut bytes).expect("text encoding cannot fail");
+        out.push_str(std::str::from_utf8(&bytes).expect("exposition is UTF-8"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_is_exported_from_the_start_and_counted_apart() {
+        let r = LimitMetrics::default();
+        r.reject(Reason::Overloaded);
+        r.reject(Reason::Overloaded);
+        r.reject(Reason::HeaderTimeout);
+        let mut text = String::new();
+        r.render_into(&mut text, 3);
+        assert!(text.lines().any(|l| l == "mlops_server_requests_in_flight 3"), "{text}");
+        for (reason, n) in [
+            ("header_timeout", 1),
+            ("request_timeout", 0),
+            ("overloaded", 2),
+            ("request_too_large", 0),
+            ("response_too_large", 0),
+        ] {
+            let line = format!("mlops_server_rejected_total{{reason=\"{reason}\"}} {n}");
+            assert!(text.lines().any(|l| l == line), "{line} in {text}");
+        }
+        assert_eq!(r.get(Reason::Overloaded), 2);
     }
 }

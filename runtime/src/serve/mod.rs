@@ -5,18 +5,24 @@
 //! background, report ready only when it is loaded. A model that cannot be
 //! loaded (or `MLOPS_FAULT_CRASH_ON_LOAD`) ends the process non-zero, so the
 //! pod restarts and the operator's health checks see it.
+//!
+//! Every connection and request is bounded in time, number and size
+//! (`limits.rs`, enforced by `transport.rs` and the infer handler).
 
 pub mod fault;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod protocol;
+mod transport;
 
 use crate::artifact::{Artifact, LoadedModel};
 use fault::Faults;
-use metrics::ServerMetrics;
+pub use limits::Limits;
+use metrics::{LimitMetrics, ServerMetrics};
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -29,6 +35,8 @@ pub struct ServeConfig {
     pub model_uri: String,
     pub model_digest: Option<String>,
     pub max_body_bytes: usize,
+    /// Timeouts, requests in flight, answer size.
+    pub limits: Limits,
     pub drift_window: usize,
     pub drift_min_rows: usize,
     /// After SIGTERM: time during which readiness answers 503 but requests are
@@ -75,6 +83,8 @@ pub struct Served {
     pub class_json: Vec<String>,
     /// `"model_name":…,"model_version":…` prefix of every infer response.
     pub response_head: String,
+    /// Longest `predict` value in an answer: a class name, or a number.
+    pub predict_value_bytes: usize,
     pub regression: bool,
 }
 
@@ -82,11 +92,21 @@ pub struct AppState {
     pub config: ServeConfig,
     pub served: OnceLock<Served>,
     pub draining: AtomicBool,
+    /// Requests admitted and not yet answered (see `transport.rs`).
+    pub in_flight: AtomicUsize,
+    /// What the limits refused, from the first connection on.
+    pub limit_metrics: LimitMetrics,
 }
 
 impl AppState {
     pub fn new(config: ServeConfig) -> Arc<AppState> {
-        Arc::new(AppState { config, served: OnceLock::new(), draining: AtomicBool::new(false) })
+        Arc::new(AppState {
+            config,
+            served: OnceLock::new(),
+            draining: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            limit_metrics: LimitMetrics::default(),
+        })
     }
 
     pub fn ready(&self) -> bool {
@@ -117,10 +137,17 @@ pub fn load(config: &ServeConfig) -> Result<Served, String> {
     let metrics =
         ServerMetrics::new(&model, &name, &version, &digest, config.drift_window, config.drift_min_rows);
     let json = |s: &str| serde_json::to_string(s).expect("strings serialise");
+    let class_json: Vec<String> = model.card.classes.iter().map(|c| json(c)).collect();
+    let regression = model.card.task == "regression";
     Ok(Served {
-        class_json: model.card.classes.iter().map(|c| json(c)).collect(),
+        predict_value_bytes: if regression {
+            protocol::MAX_F64_JSON_LEN
+        } else {
+            class_json.iter().map(String::len).max().unwrap_or(0)
+        },
+        class_json,
         response_head: format!("\"model_name\":{},\"model_version\":{}", json(&name), json(&version)),
-        regression: model.card.task == "regression",
+        regression,
         name,
         version,
         model,
@@ -141,7 +168,7 @@ pub async fn run(
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let signal_state = state.clone();
     let delay = state.config.shutdown_delay;
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let server = transport::serve(state.clone(), app, listener, async move {
         shutdown.await;
         signal_state.draining.store(true, Ordering::Relaxed);
         if !delay.is_zero() {
@@ -154,7 +181,7 @@ pub async fn run(
     let drain = state.config.drain;
     let server = async move {
         tokio::select! {
-            r = server => r.map_err(|e| format!("server: {e}")),
+            () = server => Ok(()),
             _ = async { if drain_rx.await.is_ok() { tokio::time::sleep(drain).await } else { std::future::pending::<()>().await } } => {
                 tracing::warn!(seconds = drain.as_secs_f64(), "drain deadline passed; closing open connections");
                 Ok(())

@@ -351,13 +351,64 @@ pub fn push_json_str(out: &mut String, s: &str) {
     out.push_str(&serde_json::to_string(s).expect("strings serialise"));
 }
 
-/// Appends a JSON number (`null` for a non-finite value, which JSON lacks).
+/// Longest text `push_json_f64` writes: `-0.000000` and 17 significant digits.
+pub const MAX_F64_JSON_LEN: usize = 26;
+
+/// Appends a JSON number (`null` for a non-finite value, which JSON lacks):
+/// plain decimals at everyday magnitudes, exponent form outside them, where
+/// plain decimals would spell out up to 300 zeros. So every value takes at most
+/// `MAX_F64_JSON_LEN` bytes, and an answer's size is known from its shape.
 pub fn push_json_f64(out: &mut String, v: f64) {
-    if v.is_finite() {
+    if !v.is_finite() {
+        out.push_str("null");
+    } else if v == 0.0 || (1e-7..1e16).contains(&v.abs()) {
         let _ = write!(out, "{v}");
     } else {
-        out.push_str("null");
+        let _ = write!(out, "{v:e}");
     }
+}
+
+/// What an answer is made of, besides its rows.
+#[derive(Debug, Clone, Copy)]
+pub struct AnswerShape {
+    /// `"model_name":…,"model_version":…`.
+    pub head_bytes: usize,
+    /// The request's `id` before escaping, when it has one.
+    pub id_bytes: Option<usize>,
+    /// Longest `predict` value: the longest class name as a JSON string, or a number.
+    pub predict_value_bytes: usize,
+    /// Probabilities per row (the number of classes).
+    pub classes: usize,
+}
+
+/// Bytes around each output tensor's data (name, datatype, shape with two
+/// 20-digit dimensions), rounded up.
+const OUTPUT_ENVELOPE: usize = 128;
+
+/// An upper bound of the bytes of the answer to `rows` rows, for refusing a
+/// request before scoring it. Saturates rather than overflows.
+pub fn answer_bound(rows: usize, outputs: Outputs, shape: &AnswerShape) -> usize {
+    // `{`, the head, `,"id":` and the id escaped (`\u00XX` at worst), `,"outputs":[`, `]}`.
+    let id = shape.id_bytes.map_or(0, |n| n.saturating_mul(6).saturating_add(8));
+    let mut total = 16usize.saturating_add(shape.head_bytes).saturating_add(id);
+    // Each value and the comma after it.
+    let mut per_row = 0usize;
+    if outputs.predict {
+        total = total.saturating_add(OUTPUT_ENVELOPE);
+        per_row = per_row.saturating_add(shape.predict_value_bytes + 1);
+    }
+    if outputs.probabilities {
+        total = total.saturating_add(OUTPUT_ENVELOPE);
+        per_row = per_row.saturating_add(shape.classes.saturating_mul(MAX_F64_JSON_LEN + 1));
+    }
+    total.saturating_add(rows.saturating_mul(per_row))
+}
+
+/// Most rows whose answer fits in `limit` bytes (for telling the client).
+pub fn rows_within(limit: usize, outputs: Outputs, shape: &AnswerShape) -> usize {
+    let fixed = answer_bound(0, outputs, shape);
+    let per_row = answer_bound(1, outputs, shape) - fixed;
+    limit.saturating_sub(fixed).checked_div(per_row).unwrap_or(usize::MAX)
 }
 
 #[cfg(test)]
@@ -505,6 +556,81 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.field, "inputs[0].shape");
+    }
+
+    /// The bound the answer size check relies on, over edge cases and a million
+    /// random bit patterns; and every value reads back as itself.
+    #[test]
+    fn every_number_fits_in_max_f64_json_len_and_round_trips() {
+        let edges = [
+            0.0,
+            -0.0,
+            1e-7,
+            -1.2345678901234567e-7,
+            f64::from_bits(1e-7f64.to_bits() - 1), // the largest number below 1e-7
+            0.12345678901234567,
+            -0.00000012345678901234567,
+            1e16,
+            9999999999999998.0,
+            -1234567890123456.7,
+            f64::MAX,
+            f64::MIN,
+            f64::MIN_POSITIVE,
+            -f64::MIN_POSITIVE,
+            5e-324,
+            -2.2250738585072014e-308,
+            1e-300,
+            1e300,
+        ];
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let random = std::iter::repeat_with(move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            f64::from_bits(state)
+        });
+        // Probabilities are in [0, 1]: take many of those too.
+        let unit = random.take(200_000).map(|v| if v.is_finite() { v.abs() % 1.0 } else { 0.5 });
+        let mut longest = 0;
+        for v in edges.into_iter().chain(random.take(1_000_000)).chain(unit).filter(|v| v.is_finite()) {
+            let mut s = String::new();
+            push_json_f64(&mut s, v);
+            longest = longest.max(s.len());
+            assert!(s.len() <= MAX_F64_JSON_LEN, "{v:e} -> {s} ({} bytes)", s.len());
+            assert!(serde_json::from_str::<serde_json::Value>(&s).is_ok_and(|n| n.is_number()), "{s}");
+            // Rust's own parser: serde_json's (without `float_roundtrip`) may be 1 ulp off.
+            assert_eq!(s.parse::<f64>().unwrap().to_bits(), v.to_bits(), "{s}");
+        }
+        assert_eq!(longest, MAX_F64_JSON_LEN, "the bound is tight");
+        // Everyday values keep their plain form.
+        let mut s = String::new();
+        for v in [0.9733154345035553, 1.0, 2.5e-3, 123.25] {
+            push_json_f64(&mut s, v);
+            s.push(' ');
+        }
+        assert_eq!(s, "0.9733154345035553 1 0.0025 123.25 ");
+    }
+
+    #[test]
+    fn answer_bound_grows_with_rows_and_outputs_and_saturates() {
+        let shape = AnswerShape { head_bytes: 40, id_bytes: None, predict_value_bytes: 12, classes: 3 };
+        let both = Outputs { predict: true, probabilities: true };
+        let predict = Outputs { predict: true, probabilities: false };
+        let proba = Outputs { predict: false, probabilities: true };
+        assert_eq!(answer_bound(10, predict, &shape) - answer_bound(9, predict, &shape), 13);
+        assert_eq!(answer_bound(10, proba, &shape) - answer_bound(9, proba, &shape), 3 * 27);
+        assert!(answer_bound(1, both, &shape) > answer_bound(1, proba, &shape));
+        let with_id = AnswerShape { id_bytes: Some(10), ..shape };
+        assert_eq!(answer_bound(1, predict, &with_id) - answer_bound(1, predict, &shape), 68);
+        assert_eq!(answer_bound(usize::MAX, both, &shape), usize::MAX);
+        // The finding: 4 MiB of `0,` is half a million iris rows; their probabilities
+        // would take about 40 MB, five times the default limit.
+        let rows = (4 << 20) / 8;
+        assert!(answer_bound(rows, proba, &shape) > 40_000_000);
+        let fit = rows_within(8 << 20, proba, &shape);
+        assert!(answer_bound(fit, proba, &shape) <= 8 << 20);
+        assert!(answer_bound(fit + 1, proba, &shape) > 8 << 20);
+        assert_eq!(rows_within(10, proba, &shape), 0);
     }
 
     #[test]

@@ -68,6 +68,7 @@ pub fn serve_config(model: &Path) -> ServeConfig {
         model_uri: model.display().to_string(),
         model_digest: None,
         max_body_bytes: 64 * 1024,
+        limits: serve::Limits::default(),
         drift_window: 500,
         drift_min_rows: 100,
         shutdown_delay: Duration::ZERO,

@@ -118,16 +118,17 @@ pub struct TrainingJobSpec {
 
     /// The trainer container: image, command, args, env, resources, or a full pod template.
     ///
-    /// Pod security: training pods pass the restricted Pod Security Standard and run root
-    /// images (python:3.11, PyTorch) under a real kubelet. What the template leaves unset is
-    /// filled in: on the pod runAsNonRoot true, runAsUser, runAsGroup and fsGroup 65532 (a
-    /// root image runs as that unprivileged user), seccompProfile RuntimeDefault; on every
-    /// container allowPrivilegeEscalation false and capabilities drop ALL; on the trainer
-    /// container readOnlyRootFilesystem true, an emptyDir at /tmp and HOME=/home/mlops on
-    /// another. A value the template or env sets (any of these securityContext fields, a
-    /// volume mounted at /tmp, HOME) is kept, field by field, and the namespace's Pod
-    /// Security Admission judges the result. The trainer writes its result to the file
-    /// MLOPS_TERMINATION_MESSAGE_PATH names: its terminationMessagePath.
+    /// Pod security: the pod a run would get is checked against the namespace's pod policy
+    /// (the restricted Pod Security Standard unless the cluster admin allows baseline or
+    /// privileged there); a violation creates no Job and reports PodPolicyViolation naming
+    /// each field. What the template leaves unset is filled in, never against what it sets:
+    /// on the pod runAsNonRoot true, runAsUser, runAsGroup and fsGroup 65532 (unless it asks
+    /// for root with runAsNonRoot false or runAsUser 0), seccompProfile RuntimeDefault,
+    /// automountServiceAccountToken false; on every container allowPrivilegeEscalation false
+    /// and capabilities drop ALL; on the trainer container readOnlyRootFilesystem true, an
+    /// emptyDir at /tmp and HOME=/home/mlops on another. The trainer writes its result (or
+    /// its failure reason) to the file MLOPS_TERMINATION_MESSAGE_PATH names
+    /// (terminationMessagePolicy File): status never carries its logs.
     pub trainer: Trainer,
 
     /// Number of training pods. 1 runs one pod; more runs an Indexed Job with a headless

@@ -35,7 +35,10 @@ use crate::{
         self, InferenceService, ModelVersion,
         inference_service::{DEFAULT_MIN_REPLICAS, DEFAULT_TARGET_CPU_UTILIZATION, RuntimePreset},
     },
-    controllers::pod_security::{self, RunAs},
+    controllers::{
+        names,
+        pod_security::{self, RunAs},
+    },
     rollout::Traffic,
 };
 
@@ -85,14 +88,19 @@ fn labels(isvc: &InferenceService, version: &str) -> BTreeMap<String, String> {
     ])
 }
 
-/// `<service>-<version>`, shortened with a stable hash when too long for pod names.
-pub fn deployment_name(isvc: &InferenceService, version: &str) -> String {
-    let name = format!("{}-{version}", isvc.name_any());
-    if name.len() <= 52 {
-        return name;
-    }
-    let hash = name.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
-    format!("{}-{:08x}", name[..43].trim_end_matches('-'), hash as u32)
+/// The Deployment of `version`: `<service>-<version>-<hash>`, at most 52 characters so
+/// that its pods' names stay within a DNS label. The hash of both names keeps two services
+/// apart whose joined names are equal (`web` + `canary-v1`, `web-canary` + `v1`); see
+/// [`names`].
+pub fn deployment_name(service: &str, version: &str) -> String {
+    names::unique(&format!("{service}-{version}"), &[service, version], 52)
+}
+
+/// The Service of one role (stable, canary) for Gateway API routing:
+/// `<service>-<role>-<hash>`, a DNS label. Without the hash, `web`'s stable Service would be
+/// the Service of an InferenceService named `web-stable`.
+pub fn role_service_name(service: &str, role: &str) -> String {
+    names::unique(&format!("{service}-{role}"), &[service, role], 63)
 }
 
 fn image(isvc: &InferenceService) -> String {
@@ -214,7 +222,7 @@ pub fn deployment(isvc: &InferenceService, mv: &ModelVersion, replicas: i32) -> 
     pod_security::secure_pod(&mut pod, preset_run_as(preset), &[SERVER_CONTAINER]);
     Deployment {
         metadata: ObjectMeta {
-            name: Some(deployment_name(isvc, &version)),
+            name: Some(deployment_name(&isvc.name_any(), &version)),
             namespace: isvc.namespace(),
             labels: Some(labels.clone()),
             owner_references: Some(vec![owner(isvc)]),
@@ -325,7 +333,7 @@ pub fn services(isvc: &InferenceService, traffic: &Traffic) -> Vec<Service> {
             if let Some(p) = placement {
                 let mut sel = selector_labels(isvc);
                 sel.insert(api::LABEL_MODEL_VERSION.into(), p.version.clone());
-                out.push(service(isvc, format!("{}-{role}", isvc.name_any()), sel));
+                out.push(service(isvc, role_service_name(&isvc.name_any(), role), sel));
             }
         }
     }
@@ -344,7 +352,7 @@ pub fn http_route(isvc: &InferenceService, traffic: &Traffic) -> Option<Value> {
     let backends: Vec<_> = [(api::ROLE_STABLE, &traffic.stable), (api::ROLE_CANARY, &traffic.canary)]
         .into_iter()
         .filter_map(|(role, p)| p.as_ref().map(|p| (role, p.weight)))
-        .map(|(role, weight)| json!({"name": format!("{}-{role}", isvc.name_any()), "port": port, "weight": weight}))
+        .map(|(role, weight)| json!({"name": role_service_name(&isvc.name_any(), role), "port": port, "weight": weight}))
         .collect();
     let mut parent = json!({"name": gw.gateway_ref.name});
     if let Some(ns) = &gw.gateway_ref.namespace {
@@ -413,7 +421,7 @@ pub fn autoscaler(isvc: &InferenceService) -> Option<HorizontalPodAutoscaler> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{controllers::pod_security::restricted::restricted_violations, rollout::traffic::Placement};
+    use crate::{controllers::pod_security::policy::restricted_violations, rollout::traffic::Placement};
 
     #[test]
     fn the_service_selects_the_stable_version_alone_unless_a_canary_takes_traffic() {
@@ -511,6 +519,8 @@ mod tests {
                 assert_eq!(restricted_violations(pod), Vec::<String>::new(), "{preset}");
                 let sc = pod.security_context.as_ref().unwrap();
                 assert_eq!((sc.run_as_user, sc.run_as_group), (Some(user), Some(user)), "{preset}");
+                // A server has no business with the Kubernetes API.
+                assert_eq!(pod.automount_service_account_token, Some(false), "{preset}");
                 let c = &pod.containers[0];
                 assert_eq!(c.security_context.as_ref().unwrap().read_only_root_filesystem, Some(true));
                 let paths: Vec<&str> =

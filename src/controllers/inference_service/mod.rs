@@ -34,8 +34,9 @@ use tracing::{debug, instrument};
 use self::plan::Inputs;
 use super::{
     Context, Error, Result,
-    apply::{self, Applier},
+    apply::Applier,
     apply_status,
+    ownership::{Owner, controlled_by},
 };
 use crate::{
     analysis,
@@ -107,12 +108,7 @@ async fn reconcile_at(isvc: &InferenceService, ctx: &Context, now: &Time) -> Res
     let ns = isvc.namespace().unwrap_or_default();
     let name = isvc.name_any();
 
-    let applier = Applier::new(
-        ctx.client.clone(),
-        &ns,
-        &isvc.uid().unwrap_or_default(),
-        &desired::selector_string(isvc),
-    );
+    let applier = Applier::new(ctx.client.clone(), &ns, Owner::of(isvc), &desired::selector_string(isvc));
     // Children as they are (one metadata list per kind), then only what changed is applied
     // and what is no longer desired is deleted. Without the Gateway API's CRDs there are no
     // HTTPRoutes: observe treats the kind as empty.
@@ -120,7 +116,7 @@ async fn reconcile_at(isvc: &InferenceService, ctx: &Context, now: &Time) -> Res
     applier.observed(&inputs.deployments);
     applier.observe(&kinds).await?;
     applier.apply_all(&outcome.children).await?;
-    applier.prune(&kinds, &apply::keys(&outcome.children)).await?;
+    applier.prune(&kinds, &outcome.keep).await?;
 
     let gate_recheck = open_readiness_gates(ctx, isvc, &inputs.pods, &outcome.status, now).await?;
 
@@ -156,17 +152,23 @@ async fn read_inputs(ctx: &Context, cached: &InferenceService, now: &Time) -> Re
         Err(e) => return Err(Error::child("get", "InferenceService", &name, e)),
     };
     let selector = desired::selector_string(&isvc);
-    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns)
+    let uid = isvc.uid().unwrap_or_default();
+    // Our labels are a filter, not a proof: only what the service controls is its own.
+    let deployments: Vec<Deployment> = Api::<Deployment>::namespaced(client.clone(), &ns)
         .list(&ListParams::default().labels(&selector))
         .await
         .map_err(|e| Error::child("list", "Deployment", &selector, e))?
-        .items;
+        .items
+        .into_iter()
+        .filter(|d| controlled_by(&d.metadata, &uid))
+        .collect();
     let pods = if plan::needs_pods(&isvc, &deployments) {
-        Api::<Pod>::namespaced(client.clone(), &ns)
+        let listed = Api::<Pod>::namespaced(client.clone(), &ns)
             .list(&ListParams::default().labels(&selector))
             .await
             .map_err(|e| Error::child("list", "Pod", &selector, e))?
-            .items
+            .items;
+        plan::pods_of(&deployments, listed)
     } else {
         Vec::new()
     };

@@ -4,7 +4,10 @@
 //! machine inside; this wraps it with the version resolution, the pod health it is fed
 //! and the desired-children builders.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
 use k8s_openapi::{
     api::{apps::v1::Deployment, core::v1::Pod},
@@ -30,9 +33,11 @@ pub struct Inputs {
     /// The object as last written (never the watch cache's copy: the state lives in
     /// status, and planning from an older status would replay the last transition).
     pub isvc: InferenceService,
-    /// The Deployments carrying the service's label.
+    /// The Deployments the service controls (carrying its label and its controller
+    /// reference: an object with our labels alone is not ours).
     pub deployments: Vec<Deployment>,
-    /// The service's pods, read only when something looks at them ([`needs_pods`]).
+    /// The pods of those Deployments ([`pods_of`]), read only when something looks at them
+    /// ([`needs_pods`]).
     pub pods: Vec<Pod>,
     /// The ModelVersions the pass may serve, by name: the pin (or every version of the
     /// model), and the versions the status names.
@@ -46,8 +51,12 @@ pub struct Inputs {
 /// What the pass decided.
 pub struct Outcome {
     /// Every child that should exist: Deployments, Services, the HTTPRoute, the
-    /// autoscaler. Anything else the service controls is pruned.
+    /// autoscaler.
     pub children: Vec<Child>,
+    /// `(kind, name)` of what prune keeps: the children, and a Deployment renamed by an
+    /// upgrade until its successor is Ready ([`predecessors_kept`]). Anything else the
+    /// service controls is pruned.
+    pub keep: BTreeSet<(String, String)>,
     pub status: InferenceServiceStatus,
     /// Events to publish, one per transition.
     pub notes: Vec<Note>,
@@ -64,6 +73,54 @@ pub fn ready_replicas(deployments: &[Deployment], version: Option<&str>) -> i32 
         .filter(|d| d.labels().get(api::LABEL_MODEL_VERSION).map(String::as_str) == Some(v))
         .filter_map(|d| d.status.as_ref()?.ready_replicas)
         .sum()
+}
+
+/// The pods of `deployments` among `pods`: those whose controller is one of their
+/// ReplicaSets (`<deployment>-<pod-template-hash>`). A pod that only carries the service's
+/// labels is not one of its own: it is neither judged for health nor has its readiness
+/// gate opened.
+pub fn pods_of(deployments: &[Deployment], pods: Vec<Pod>) -> Vec<Pod> {
+    let names: BTreeSet<String> = deployments.iter().map(|d| d.name_any()).collect();
+    pods.into_iter()
+        .filter(|p| {
+            let Some(hash) = p.labels().get("pod-template-hash") else { return false };
+            p.owner_references().iter().any(|r| {
+                r.controller == Some(true)
+                    && r.kind == "ReplicaSet"
+                    && r.name
+                        .strip_suffix(hash.as_str())
+                        .and_then(|d| d.strip_suffix('-'))
+                        .is_some_and(|d| names.contains(d))
+            })
+        })
+        .collect()
+}
+
+/// Deployments the service controls that serve a version under another name than the one
+/// it now has (an upgrade changed how Deployments are named): each is kept until the
+/// Deployment now desired for its version has all its replicas Ready, so that a rename
+/// never leaves a version without serving pods; then prune deletes it.
+pub fn predecessors_kept(observed: &[Deployment], desired: &[Deployment]) -> Vec<String> {
+    let version = |d: &Deployment| d.labels().get(api::LABEL_MODEL_VERSION).cloned();
+    let ready = |name: &str| {
+        observed
+            .iter()
+            .find(|d| d.name_any() == name)
+            .and_then(|d| d.status.as_ref()?.ready_replicas)
+            .unwrap_or(0)
+    };
+    observed
+        .iter()
+        .filter(|old| old.metadata.deletion_timestamp.is_none())
+        .filter(|old| desired.iter().all(|d| d.name_any() != old.name_any()))
+        .filter(|old| {
+            desired.iter().any(|d| {
+                let wanted = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+                version(d) == version(old) && wanted > 0 && ready(&d.name_any()) < wanted
+            })
+        })
+        .map(|old| old.name_any())
+        .collect()
 }
 
 /// Whether the pass looks at pods: the canary's health, the stable's problem while none
@@ -273,16 +330,20 @@ pub fn plan(inputs: &Inputs, now: &Time) -> Result<Outcome> {
         .chain(traffic.canary.iter())
         .map(|p| (p.version.as_str(), p.replicas))
         .chain(traffic.standby.iter().map(|v| (v.as_str(), 0)));
-    let mut children = Vec::new();
-    for (version, replicas) in placements {
-        // Protected by its finalizer while referenced; gone means nothing to run.
-        if let Some(mv) = inputs.versions.get(version) {
+    // Protected by its finalizer while referenced; gone means nothing to run.
+    let deployments: Vec<Deployment> = placements
+        .filter_map(|(version, replicas)| {
+            let mv = inputs.versions.get(version)?;
             let mut deployment = desired::deployment(isvc, mv, replicas);
             if inputs.fault_injection {
                 desired::inject_faults(&mut deployment, mv);
             }
-            children.push(Child::of(&deployment)?);
-        }
+            Some(deployment)
+        })
+        .collect();
+    let mut children = Vec::new();
+    for deployment in &deployments {
+        children.push(Child::of(deployment)?);
     }
     for svc in desired::services(isvc, traffic) {
         children.push(Child::of(&svc)?);
@@ -293,8 +354,15 @@ pub fn plan(inputs: &Inputs, now: &Time) -> Result<Outcome> {
     if let Some(hpa) = desired::autoscaler(isvc) {
         children.push(Child::of(&hpa)?);
     }
+    let mut keep = crate::controllers::apply::keys(&children);
+    keep.extend(
+        predecessors_kept(&inputs.deployments, &deployments)
+            .into_iter()
+            .map(|n| ("Deployment".to_string(), n)),
+    );
     Ok(Outcome {
         children,
+        keep,
         status: next.status,
         notes: next.notes,
         delivered: next.delivered,

@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use super::*;
-use crate::controllers::apply::controlled_by;
+use crate::controllers::ownership::controlled_by;
 
 fn t(secs: i64) -> Time {
     Time(k8s_openapi::jiff::Timestamp::from_second(1_800_000_000 + secs).unwrap())
@@ -57,15 +57,16 @@ fn every_child_carries_the_owner_label_and_controller_reference() {
     assert_eq!(
         kinds_and_names(&outcome),
         pairs(&[
-            ("Deployment", "web-iris-v1"),
-            ("Deployment", "web-iris-v2"),
+            ("Deployment", &desired::deployment_name("web", "iris-v1")),
+            ("Deployment", &desired::deployment_name("web", "iris-v2")),
             ("Service", "web"),
-            ("Service", "web-stable"),
-            ("Service", "web-canary"),
+            ("Service", &desired::role_service_name("web", "stable")),
+            ("Service", &desired::role_service_name("web", "canary")),
             ("HTTPRoute", "web"),
             ("HorizontalPodAutoscaler", "web"),
         ])
     );
+    assert_eq!(outcome.keep, outcome.children.iter().map(Child::key).collect(), "prune keeps the children");
     for child in &outcome.children {
         let meta = &child.object.metadata;
         assert_eq!(
@@ -85,7 +86,75 @@ fn replica_routing_wants_no_route_and_no_role_services() {
     inputs.isvc.spec.autoscaling = None;
     let outcome = plan(&inputs, &t(10)).unwrap();
     let kinds: Vec<String> = kinds_and_names(&outcome).into_iter().map(|(k, n)| format!("{k}/{n}")).collect();
-    assert_eq!(kinds, ["Deployment/web-iris-v1", "Deployment/web-iris-v2", "Service/web"]);
+    let deployment = |v: &str| format!("Deployment/{}", desired::deployment_name("web", v));
+    assert_eq!(kinds, [deployment("iris-v1"), deployment("iris-v2"), "Service/web".to_string()]);
+}
+
+#[test]
+fn two_services_whose_joined_names_are_equal_get_children_of_their_own() {
+    // `web` serving `canary-v1` and `web-canary` serving `v1`: `web-canary-v1` both ways.
+    assert_ne!(desired::deployment_name("web", "canary-v1"), desired::deployment_name("web-canary", "v1"));
+    // `web`'s stable Service is not the Service of an InferenceService named `web-stable`.
+    let stable = desired::role_service_name("web", "stable");
+    assert_ne!(stable, "web-stable");
+    assert!(stable.starts_with("web-stable-"), "still readable: {stable}");
+    // Long names still fit: pod names stay a DNS label, Services are one.
+    let long = "a".repeat(63);
+    assert!(desired::deployment_name(&long, &"v".repeat(60)).len() <= 52);
+    assert!(desired::role_service_name(&long, "canary").len() <= 63);
+}
+
+fn observed_deployment(name: &str, version: &str, ready: i32) -> Deployment {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {api::LABEL_MODEL_VERSION: version}},
+        "spec": {"replicas": 2, "selector": {}, "template": {}},
+        "status": {"readyReplicas": ready}
+    }))
+    .unwrap()
+}
+
+#[test]
+fn a_deployment_renamed_by_an_upgrade_serves_until_its_successor_is_ready_then_is_pruned() {
+    let mut inputs = inputs(
+        json!({"model": "iris", "version": "iris-v1", "replicas": 2}),
+        json!({"stable": {"version": "iris-v1", "weight": 100}}),
+    );
+    let new = desired::deployment_name("web", "iris-v1");
+    let legacy = ("Deployment".to_string(), "web-iris-v1".to_string());
+    // The name an older operator gave it; ours (the shell hands the plan only what it controls).
+    inputs.deployments = vec![observed_deployment("web-iris-v1", "iris-v1", 2)];
+    assert!(plan(&inputs, &t(10)).unwrap().keep.contains(&legacy), "no successor yet");
+    inputs.deployments.push(observed_deployment(&new, "iris-v1", 1));
+    assert!(plan(&inputs, &t(11)).unwrap().keep.contains(&legacy), "successor not all Ready");
+    inputs.deployments[1] = observed_deployment(&new, "iris-v1", 2);
+    let outcome = plan(&inputs, &t(12)).unwrap();
+    assert!(!outcome.keep.contains(&legacy), "successor Ready: the old one goes");
+    assert!(outcome.keep.contains(&("Deployment".to_string(), new)));
+    // A Deployment of a version no longer served is not kept either.
+    inputs.deployments = vec![observed_deployment("web-iris-v0", "iris-v0", 2)];
+    assert!(!plan(&inputs, &t(13)).unwrap().keep.iter().any(|(_, n)| n == "web-iris-v0"));
+}
+
+#[test]
+fn only_pods_of_our_deployments_count() {
+    let deployment = desired::deployment_name("web", "iris-v1");
+    let pod = |name: &str, owner: serde_json::Value| -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": name,
+            "labels": {api::LABEL_INFERENCE_SERVICE: "web", "pod-template-hash": "5d8f7c"},
+            "ownerReferences": owner}}))
+        .unwrap()
+    };
+    let rs = |name: &str| json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": name, "uid": "rs", "controller": true}]);
+    let pods = vec![
+        pod("ours", rs(&format!("{deployment}-5d8f7c"))),
+        pod("labelled-alike", json!([])),
+        pod("other-replicaset", rs("shop-5d8f7c")),
+    ];
+    let kept: Vec<String> = pods_of(&[observed_deployment(&deployment, "iris-v1", 1)], pods)
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    assert_eq!(kept, ["ours"]);
 }
 
 #[test]

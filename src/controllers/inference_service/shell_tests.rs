@@ -11,7 +11,10 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::{
-    controllers::mock_api::{self, Call, Reply},
+    controllers::{
+        mock_api::{self, Call, Reply},
+        test_settings,
+    },
     metrics::Metrics,
 };
 
@@ -124,15 +127,7 @@ type Log = Arc<Mutex<Vec<Call>>>;
 async fn pass(cluster: &Arc<Mutex<Cluster>>) -> (Result<Action>, Log) {
     let state = cluster.clone();
     let (client, log) = mock_api::client(move |call: &Call| state.lock().unwrap().respond(call));
-    let ctx = Context::new(
-        client,
-        Metrics::new(),
-        "test".into(),
-        Some("ns".into()),
-        None,
-        "runtime:dev".into(),
-        false,
-    );
+    let ctx = Context::new(client, Metrics::new(), "test".into(), test_settings());
     let isvc: InferenceService = serde_json::from_value(cluster.lock().unwrap().isvc.clone()).unwrap();
     let result = reconcile(Arc::new(isvc), ctx).await;
     (result, log)
@@ -161,6 +156,11 @@ fn prune_lists() -> Vec<String> {
     [SERVICES, HPAS, ROUTES].iter().map(|p| format!("GET {p}")).collect()
 }
 
+/// The Deployment of `iris-v1`.
+fn v1() -> String {
+    desired::deployment_name("iris", "iris-v1")
+}
+
 #[tokio::test]
 async fn a_first_pass_applies_the_children_then_writes_status_and_an_event() {
     let cluster = Arc::new(Mutex::new(Cluster::new(replica_spec())));
@@ -168,7 +168,9 @@ async fn a_first_pass_applies_the_children_then_writes_status_and_an_event() {
     result.unwrap();
     let mut expected = reads(true);
     expected.extend(prune_lists());
-    expected.extend([format!("PATCH {DEPLOYMENTS}/iris-iris-v1"), format!("PATCH {SERVICES}/iris")]);
+    // Names no list showed are read: free, they are created, bound to a UID no object has.
+    expected.extend([format!("GET {DEPLOYMENTS}/{}", v1()), format!("GET {SERVICES}/iris")]);
+    expected.extend([format!("PATCH {DEPLOYMENTS}/{}", v1()), format!("PATCH {SERVICES}/iris")]);
     expected.extend([format!("PATCH {ISVC}/status"), format!("POST {EVENTS}")]);
     assert_eq!(mock_api::lines(&log), expected);
     let c = cluster.lock().unwrap();
@@ -182,7 +184,7 @@ async fn in_steady_state_a_pass_only_reads() {
     let cluster = Arc::new(Mutex::new(Cluster::new(replica_spec())));
     pass(&cluster).await.0.unwrap();
     // The Deployment becomes Ready; the next pass records it, the one after has nothing to do.
-    cluster.lock().unwrap().store(DEPLOYMENTS).get_mut("iris-iris-v1").unwrap()["status"] =
+    cluster.lock().unwrap().store(DEPLOYMENTS).get_mut(&v1()).unwrap()["status"] =
         json!({"readyReplicas": 1, "replicas": 1});
     pass(&cluster).await.0.unwrap();
     let (result, log) = pass(&cluster).await;
@@ -197,15 +199,20 @@ async fn in_steady_state_a_pass_only_reads() {
 #[tokio::test]
 async fn a_refused_child_fails_the_pass_with_a_stalled_condition_and_one_warning_event() {
     let cluster = Arc::new(Mutex::new(Cluster::new(replica_spec())));
-    let message = "Deployment.apps \"iris-iris-v1\" is invalid: spec.template.spec.containers[0].resources.requests[cpu]: Invalid value: \"half\"";
-    cluster.lock().unwrap().refuse = Some(("iris-iris-v1".into(), message.into()));
+    let message = format!(
+        "Deployment.apps \"{}\" is invalid: spec.template.spec.containers[0].resources.requests[cpu]: Invalid value: \"half\"",
+        v1()
+    );
+    cluster.lock().unwrap().refuse = Some((v1(), message.clone()));
     let (result, log) = pass(&cluster).await;
     let err = result.unwrap_err();
-    assert_eq!(err.to_string(), format!("apply Deployment iris-iris-v1: {message}"));
+    assert_eq!(err.to_string(), format!("apply Deployment {}: {message}", v1()));
     let mut expected = reads(true);
     expected.extend(prune_lists());
     expected.extend([
-        format!("PATCH {DEPLOYMENTS}/iris-iris-v1"),
+        format!("GET {DEPLOYMENTS}/{}", v1()),
+        format!("GET {SERVICES}/iris"),
+        format!("PATCH {DEPLOYMENTS}/{}", v1()),
         // report_failure: the object as it is, the failure condition, the Event.
         format!("GET {ISVC}"),
         format!("PATCH {ISVC}/status"),
@@ -245,7 +252,7 @@ async fn switching_gateway_routing_off_prunes_the_route_and_role_services_but_no
     {
         let mut c = cluster.lock().unwrap();
         assert!(c.store(ROUTES).contains_key("iris"));
-        assert!(c.store(SERVICES).contains_key("iris-stable"));
+        assert!(c.store(SERVICES).contains_key(&desired::role_service_name("iris", "stable")));
         // The same label under another controller: not ours, never touched.
         c.store(SERVICES).insert("iris-theirs".into(), owned("iris-theirs", "someone-else", "Service"));
         c.isvc["spec"] = replica_spec();
@@ -254,7 +261,8 @@ async fn switching_gateway_routing_off_prunes_the_route_and_role_services_but_no
     result.unwrap();
     let deletes: Vec<String> =
         mock_api::writes(&log).iter().filter(|c| c.method == "DELETE").map(Call::line).collect();
-    assert_eq!(deletes, [format!("DELETE {SERVICES}/iris-stable"), format!("DELETE {ROUTES}/iris")]);
+    let stable = desired::role_service_name("iris", "stable");
+    assert_eq!(deletes, [format!("DELETE {SERVICES}/{stable}"), format!("DELETE {ROUTES}/iris")]);
     let mut c = cluster.lock().unwrap();
     assert!(c.store(SERVICES).contains_key("iris-theirs"));
     assert!(c.store(SERVICES).contains_key("iris"));
@@ -268,4 +276,41 @@ async fn without_the_gateway_api_installed_there_is_no_route_to_prune() {
     result.unwrap();
     assert!(mock_api::lines(&log).contains(&format!("GET {ROUTES}")));
     assert!(cluster.lock().unwrap().isvc["status"]["stable"]["version"] == "iris-v1");
+}
+
+#[tokio::test]
+async fn a_name_held_by_a_users_object_is_a_conflict_that_writes_nothing_until_the_object_goes() {
+    let cluster = Arc::new(Mutex::new(Cluster::new(replica_spec())));
+    // The user's own Service `iris`: none of our labels, no owner.
+    let users = json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "iris", "namespace": "ns", "uid": "users-uid"},
+        "spec": {"selector": {"app": "shop"}}});
+    cluster.lock().unwrap().store(SERVICES).insert("iris".into(), users.clone());
+    let (result, log) = pass(&cluster).await;
+    let err = result.unwrap_err();
+    assert!(err.to_string().contains("Service/iris (no controller)"), "{err}");
+    // Nothing applied, nothing deleted: only the failure's condition and its Event.
+    let writes: Vec<String> = mock_api::writes(&log).iter().map(Call::line).collect();
+    assert_eq!(writes, [format!("PATCH {ISVC}/status"), format!("POST {EVENTS}")]);
+    let status = cluster.lock().unwrap().isvc["status"].clone();
+    let condition = |type_: &str| {
+        status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == type_).cloned().unwrap()
+    };
+    assert_eq!(
+        (condition("Ready")["status"].as_str(), condition("Ready")["reason"].as_str()),
+        (Some("False"), Some("ChildConflict"))
+    );
+    assert_eq!(condition("Stalled")["status"], "True");
+    let event = mock_api::writes(&log).last().unwrap().body.clone().unwrap();
+    assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Warning"), Some("ChildConflict")));
+    assert_eq!(cluster.lock().unwrap().store(SERVICES)["iris"], users);
+    assert!(cluster.lock().unwrap().store(DEPLOYMENTS).is_empty(), "no pods for a service that cannot serve");
+
+    // The user deletes it: the next pass (the failure's backoff) goes on as usual.
+    cluster.lock().unwrap().store(SERVICES).remove("iris");
+    pass(&cluster).await.0.unwrap();
+    let mut c = cluster.lock().unwrap();
+    assert_eq!(c.store(SERVICES)["iris"]["metadata"]["ownerReferences"][0]["uid"], "isvc-uid");
+    assert!(c.store(DEPLOYMENTS).contains_key(&v1()));
+    assert!(!c.isvc["status"].to_string().contains("ChildConflict"));
 }

@@ -15,6 +15,7 @@ use crate::{
     controllers::{
         Context,
         mock_api::{self, Call},
+        test_settings,
     },
     metrics::Metrics,
 };
@@ -97,15 +98,7 @@ impl Harness {
         let fake = Arc::new(Mutex::new(Fake { version, services, list_fails: false, status_refused: false }));
         let responder = fake.clone();
         let (client, log) = mock_api::client(move |call| responder.lock().unwrap().respond(call));
-        let ctx = Context::new(
-            client,
-            Metrics::new(),
-            "test".into(),
-            Some("ns".into()),
-            None,
-            "runtime:dev".into(),
-            false,
-        );
+        let ctx = Context::new(client, Metrics::new(), "test".into(), test_settings());
         Harness { fake, ctx, log }
     }
 

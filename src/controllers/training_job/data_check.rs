@@ -81,7 +81,8 @@ pub fn desired_job(tj: &TrainingJob, image: &str, name: &str) -> Job {
         // The image's entrypoint is `mlops-runtime` (runtime/Containerfile).
         args: Some(vec!["digest".into()]),
         env: Some(env),
-        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        // Its reading is what it writes, never its logs.
+        termination_message_policy: Some("File".into()),
         resources: Some(ResourceRequirements {
             requests: Some(BTreeMap::from([
                 ("cpu".into(), Quantity("50m".into())),
@@ -99,6 +100,8 @@ pub fn desired_job(tj: &TrainingJob, image: &str, name: &str) -> Job {
         containers: vec![container],
         volumes: volume.map(|(v, _)| vec![v]),
         service_account_name: template.and_then(|t| t.service_account_name.clone()),
+        // The trainer's token choice: mounted only when its template asks for it.
+        automount_service_account_token: template.and_then(|t| t.automount_service_account_token),
         image_pull_secrets: template.and_then(|t| t.image_pull_secrets.clone()),
         node_selector: template.and_then(|t| t.node_selector.clone()),
         tolerations: template.and_then(|t| t.tolerations.clone()),
@@ -203,7 +206,12 @@ pub fn reading(job: &Job, pod: &PodOutcome, spec_uri: &str) -> Option<Reading<St
     }
     let message = pod.message.as_deref().map(str::trim).unwrap_or_default();
     if !complete {
-        let detail = if message.is_empty() { why } else { message.to_string() };
+        // Only what the check wrote, else how it ended: its logs are never read.
+        let detail = match (message.is_empty(), pod.exit()) {
+            (false, _) => message.to_string(),
+            (true, Some(exit)) => format!("{why} (its container {exit})"),
+            (true, None) => why,
+        };
         return Some(Reading::Error(format!("the check Job {} failed: {detail}", job.name_any())));
     }
     let parsed: Option<String> = serde_json::from_str::<serde_json::Value>(message)
@@ -226,7 +234,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::controllers::pod_security::restricted::restricted_violations;
+    use crate::controllers::pod_security::policy::restricted_violations;
 
     fn tj(dataset: serde_json::Value, trainer: serde_json::Value) -> TrainingJob {
         serde_json::from_value(json!({
@@ -270,7 +278,8 @@ mod tests {
             json!({"uri": "s3://data/iris.csv", "credentialsSecretRef": {"name": "s3-creds"}}),
             json!({"image": "me/trainer:1",
                    "env": [{"name": "AWS_ENDPOINT_URL", "value": "http://minio:9000"}, {"name": "LR", "value": "0.1"}],
-                   "template": {"spec": {"serviceAccountName": "trainer", "containers": []}}}),
+                   "template": {"spec": {"serviceAccountName": "trainer", "automountServiceAccountToken": true,
+                                         "containers": []}}}),
         );
         let job = desired_job(&tj, "ghcr.io/mlops-dev/mlops-runtime:0.1.0", "iris-dc-100");
         assert!(is_data_check(&job));
@@ -281,6 +290,7 @@ mod tests {
         assert_eq!(spec.backoff_limit, Some(0));
         let pod = spec.template.spec.as_ref().unwrap();
         assert_eq!(pod.service_account_name.as_deref(), Some("trainer"));
+        assert_eq!(pod.automount_service_account_token, Some(true), "as the trainer's template asks");
         let c = &pod.containers[0];
         assert_eq!(
             (c.command.as_ref(), c.args.as_ref().unwrap().as_slice()),
@@ -316,6 +326,8 @@ mod tests {
         let job = desired_job(&tj, "img", "iris-dc-100");
         let pod = job.spec.unwrap().template.spec.unwrap();
         assert_eq!(restricted_violations(&pod), Vec::<String>::new());
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        assert_eq!(pod.containers[0].termination_message_policy.as_deref(), Some("File"));
         let volume = &pod.volumes.as_ref().unwrap()[0];
         let claim = volume.persistent_volume_claim.as_ref().unwrap();
         assert_eq!((claim.claim_name.as_str(), claim.read_only), ("datasets", Some(true)));
@@ -352,5 +364,12 @@ mod tests {
         let deadline = finished_job(false, uri, "DeadlineExceeded");
         let Some(Reading::Error(e)) = reading(&deadline, &PodOutcome::default(), uri) else { panic!() };
         assert!(e.contains("DeadlineExceeded"), "{e}");
+        let oom =
+            PodOutcome { exit_code: Some(137), reason: Some("OOMKilled".into()), ..PodOutcome::default() };
+        let Some(Reading::Error(e)) = reading(&failed, &oom, uri) else { panic!() };
+        assert!(
+            e.ends_with("BackoffLimitExceeded (its container exited 137 (OOMKilled, signal 9, SIGKILL))"),
+            "{e}"
+        );
     }
 }

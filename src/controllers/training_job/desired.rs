@@ -25,7 +25,13 @@ use crate::{
         self, Gate, TrainingJob,
         training_job::{DEFAULT_MASTER_PORT, DataValidation, OutlierMethod, RunTrigger, Source, Split},
     },
-    controllers::pod_security,
+    controllers::{
+        names,
+        pod_security::{
+            self,
+            policy::{self, Level},
+        },
+    },
 };
 
 /// Name of the trainer container (also the one looked up in a user's pod template).
@@ -84,9 +90,19 @@ pub enum SpecError {
     InvalidLabel(String),
 }
 
-/// `<trainingjob>-r<number>`: the run's id, Job name and ModelVersion name.
+/// `<trainingjob>-r<number>`: the run's id, Job name and ModelVersion name. No two
+/// TrainingJobs share one: the number is the name's trailing digits and the TrainingJob's
+/// name what stands before `-r`. Nor is one a dataset check's (`<trainingjob>-dc-<seconds>`,
+/// whose trailing digits follow a `-`, not an `r`).
 pub fn run_name(tj_name: &str, number: i64) -> String {
     format!("{tj_name}-r{number}")
+}
+
+/// The headless Service a distributed run's workers resolve each other through:
+/// `<run>-<hash>` ([`names`]), not the run's own name, which an InferenceService named after
+/// a version (`iris-r1`) would hold for its Service.
+pub fn rendezvous_service_name(run: &str) -> String {
+    names::unique(run, &["rendezvous", run], 63)
 }
 
 /// Labels shared by every child of a TrainingJob run.
@@ -146,7 +162,7 @@ pub fn desired_job(tj: &TrainingJob, run: &RunRef) -> Result<Job, SpecError> {
         // Indexed Job pods get the hostname `<job>-<index>`; with `subdomain` set to the
         // headless Service they resolve as `<job>-<index>.<service>`.
         if let Some(spec) = pod.spec.as_mut() {
-            spec.subdomain = Some(run.name.clone());
+            spec.subdomain = Some(rendezvous_service_name(&run.name));
         }
     }
     let recipe = serde_json::to_string(&recipe(tj, run)).unwrap_or_default();
@@ -232,7 +248,7 @@ pub fn desired_service(tj: &TrainingJob, run: &RunRef) -> Option<Service> {
     let labels = run_labels(tj, &run.name);
     Some(Service {
         metadata: ObjectMeta {
-            name: Some(run.name.clone()),
+            name: Some(rendezvous_service_name(&run.name)),
             namespace: tj.namespace(),
             labels: Some(labels),
             owner_references: Some(vec![owner(tj)]),
@@ -316,7 +332,9 @@ fn pod_template(
     if let Some(r) = &trainer.resources {
         c.resources = Some(r.clone());
     }
-    c.termination_message_policy = Some("FallbackToLogsOnError".into());
+    // Only what the trainer writes becomes its message: never its logs, which may hold
+    // anything it printed (a secret from its environment included).
+    c.termination_message_policy = Some("File".into());
     c.volume_mounts.get_or_insert_with(Vec::new).extend(mounts);
 
     let mut ours = contract_env(tj, run, &dataset_uri, &output_uri);
@@ -331,6 +349,27 @@ fn pod_template(
     let trainer_name = c.name.clone();
     pod_security::secure_pod(spec, pod_security::NONROOT, &[&trainer_name]);
     Ok(template)
+}
+
+/// Where the trainer's pod template sits in a TrainingJob: the prefix of every field the
+/// pod policy names.
+pub const TEMPLATE_PATH: &str = "spec.trainer.template.";
+
+/// The message refusing the pods of `tj`'s runs under the namespace's pod policy `level`,
+/// naming each field of `trainer.template` it does not allow; `None` when they may run.
+/// Judged on the pod a run gets (the template with the operator's additions and secure
+/// defaults), which keeps the template's indices: the operator only appends.
+pub fn pod_policy_refusal(tj: &TrainingJob, level: Level) -> Option<String> {
+    let probe = RunRef {
+        name: run_name(&tj.name_any(), 0),
+        number: 0,
+        generation: 0,
+        trigger: RunTrigger::default(),
+    };
+    // A template the operator cannot complete fails as a spec error when the run starts.
+    let template = pod_template(tj, &probe, &BTreeMap::new()).ok()?;
+    let found = policy::violations(level, &template);
+    policy::refusal(&found, TEMPLATE_PATH, level, &tj.namespace().unwrap_or_default())
 }
 
 /// `MLOPS_TERMINATION_MESSAGE_PATH`: the file the kubelet reads the container's termination
@@ -414,7 +453,7 @@ pub fn contract_env(tj: &TrainingJob, run: &RunRef, dataset_uri: &str, output_ur
             literal("WORLD_SIZE", spec.workers.to_string()),
             from_field("RANK", "metadata.annotations['batch.kubernetes.io/job-completion-index']"),
             from_field(trainer_env::RANK, "metadata.annotations['batch.kubernetes.io/job-completion-index']"),
-            literal("MASTER_ADDR", format!("{}-0.{}", run.name, run.name)),
+            literal("MASTER_ADDR", format!("{}-0.{}", run.name, rendezvous_service_name(&run.name))),
             literal("MASTER_PORT", DEFAULT_MASTER_PORT.to_string()),
         ]);
     }

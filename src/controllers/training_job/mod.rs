@@ -29,7 +29,7 @@ use kube::{
 };
 use tracing::{info, instrument};
 
-use super::{Context, Error, Result, apply::Applier, apply_status};
+use super::{Context, Error, Result, apply::Applier, apply_status, ownership::Owner};
 use crate::api::{
     self, ModelVersion, TrainingJob,
     training_job::{RunOutcome, TriggerType},
@@ -85,7 +85,7 @@ async fn reconcile_pass(tj: &TrainingJob, ctx: &Context, now: Timestamp) -> Resu
     let mut outcome = plan::plan(&tj, &inputs, now);
 
     let selector = format!("{}={}", api::LABEL_TRAINING_JOB, tj.name_any());
-    let applier = Applier::new(ctx.client.clone(), &ns, tj.uid().as_deref().unwrap_or_default(), &selector);
+    let applier = Applier::new(ctx.client.clone(), &ns, Owner::of(&tj), &selector);
     let kinds = [ApiResource::erase::<Job>(&()), ApiResource::erase::<Service>(&())];
     // The Jobs were read in full with the same selector: only Services are listed.
     applier.observed(inputs.jobs.values().chain(&inputs.checks));
@@ -112,7 +112,12 @@ async fn reconcile_pass(tj: &TrainingJob, ctx: &Context, now: Timestamp) -> Resu
     }
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     for (job, suspend) in &outcome.suspend {
-        let patch = serde_json::json!({"spec": {"suspend": suspend}});
+        // The UID binds the patch to the Job the pass read (one of ours), not to whatever
+        // holds its name by the time it is sent.
+        let mut patch = serde_json::json!({"spec": {"suspend": suspend}});
+        if let Some(uid) = inputs.jobs.get(job).and_then(|j| j.uid()) {
+            patch["metadata"] = serde_json::json!({"uid": uid});
+        }
         jobs.patch(job, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .map_err(|e| Error::child("suspend", "Job", job, e))?;
@@ -128,7 +133,7 @@ async fn reconcile_pass(tj: &TrainingJob, ctx: &Context, now: Timestamp) -> Resu
         ctx.event(&tj, type_, ev.reason, "Reconcile", ev.note).await;
     }
     if produced {
-        prune_versions(ctx, &tj, outcome.status.latest_model_version.as_deref(), &versions).await?;
+        prune_versions(ctx, &tj, &versions).await?;
     }
     record_metrics(ctx, &tj, &ns, &outcome);
     Ok(Action::requeue(outcome.requeue))
@@ -136,18 +141,13 @@ async fn reconcile_pass(tj: &TrainingJob, ctx: &Context, now: Timestamp) -> Resu
 
 /// Retention ([`retention`]), applied when a run produced a version: the registry of a
 /// frequent schedule stays bounded without a read on every pass.
-async fn prune_versions(
-    ctx: &Context,
-    tj: &TrainingJob,
-    latest: Option<&str>,
-    api: &Api<ModelVersion>,
-) -> Result<()> {
+async fn prune_versions(ctx: &Context, tj: &TrainingJob, api: &Api<ModelVersion>) -> Result<()> {
     let selector = format!("{}={}", api::LABEL_TRAINING_JOB, tj.name_any());
     let listed = api
         .list(&ListParams::default().labels(&selector))
         .await
         .map_err(|e| Error::child("list", "ModelVersion", &selector, e))?;
-    let expired = retention::expired(tj, latest, &listed.items);
+    let expired = retention::expired(tj, &listed.items);
     for name in &expired {
         // The UID precondition: a version re-created under the same name is not this one.
         let uid = listed.items.iter().find(|mv| &mv.name_any() == name).and_then(|mv| mv.uid());

@@ -21,6 +21,11 @@ use crate::api::{
 
 /// result checks do not know of.
 pub const REASON_VERSION_REJECTED: &str = "ModelVersionRejected";
+/// Annotation on a produced ModelVersion: the UID of the TrainingJob that made it. Names
+/// and labels say which TrainingJob of that name; only the UID says which one, so that a
+/// TrainingJob deleted and re-created under the same name does not count (and prune) the
+/// earlier one's versions as its own.
+pub const ANNOTATION_TRAINING_JOB_UID: &str = "mlops.dev/training-job-uid";
 /// Run failure reason: a ModelVersion with the run's name exists and is not the run's.
 pub const REASON_VERSION_NAME_TAKEN: &str = "ModelVersionNameTaken";
 
@@ -68,8 +73,12 @@ impl Refusal {
 
 /// Whether `mv` is the version run `run` of `tj` made (a retried reconcile finds it after
 /// a 409): its `mlops.dev/run` and `mlops.dev/training-job` labels, its owner, or its
-/// lineage name them.
-pub fn made_by(mv: &ModelVersion, tj: &TrainingJob, run: &str) -> bool {
+/// lineage name them, and it was created no earlier than the run's `job`. Names and labels
+/// alone would also fit a version an earlier TrainingJob of the same name made (deleted and
+/// re-created, it numbers its runs from 1 again), or one made ahead to pass for the run's:
+/// both exist before the run's Job, and the run's own version is only made once the Job
+/// has completed.
+pub fn made_by(mv: &ModelVersion, tj: &TrainingJob, run: &str, job: &Job) -> bool {
     let labels = mv.labels();
     let by_labels = labels.get(api::LABEL_RUN).is_some_and(|r| r == run)
         && labels.get(api::LABEL_TRAINING_JOB).is_some_and(|t| *t == tj.name_any());
@@ -77,7 +86,11 @@ pub fn made_by(mv: &ModelVersion, tj: &TrainingJob, run: &str) -> bool {
     let by_lineage = mv.spec.lineage.as_ref().is_some_and(|l| {
         l.run.as_deref() == Some(run) && l.training_job.as_deref() == Some(tj.name_any().as_str())
     });
-    by_labels || by_owner || by_lineage
+    let since_the_job = match (&mv.metadata.creation_timestamp, &job.metadata.creation_timestamp) {
+        (Some(made), Some(started)) => made.0 >= started.0,
+        _ => false,
+    };
+    (by_labels || by_owner || by_lineage) && since_the_job
 }
 
 /// A produced ModelVersion's `Validated` condition.
@@ -157,6 +170,9 @@ pub fn model_version(
             name: Some(run.name.clone()),
             namespace: tj.namespace(),
             labels: Some(labels),
+            annotations: tj.uid().map(|uid| {
+                std::collections::BTreeMap::from([(ANNOTATION_TRAINING_JOB_UID.to_string(), uid)])
+            }),
             ..ObjectMeta::default()
         },
         spec: ModelVersionSpec {

@@ -2,7 +2,10 @@
 //! ([`Inputs`]) and the time, to the [`Outcome`]: the children to apply and keep, the
 //! ModelVersions to create, the new status, the Events and when to look again.
 
-use std::{collections::BTreeSet, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
 use k8s_openapi::{
     api::{batch::v1::Job, core::v1::Service},
@@ -14,7 +17,7 @@ use kube::{Resource, ResourceExt};
 use super::{
     data_check,
     desired::{self, ANNOTATION_GENERATION, ANNOTATION_RUN_RECIPE, RunRecipe, RunRef, run_name},
-    inputs::{Inputs, Verdict},
+    inputs::{Inputs, PodOutcome, Verdict},
     model_version::{Refusal, made_by, model_version},
     result,
     triggers::{self, Readings},
@@ -26,7 +29,7 @@ use crate::{
         conditions::{self as cond, new_condition, set_condition},
         training_job::{RUN_HISTORY_LIMIT, RunOutcome, RunRecord, RunTrigger, TriggerType},
     },
-    controllers::apply::Child,
+    controllers::{apply::Child, pod_security::policy},
 };
 
 /// Condition reason and Event reason of a spec only the controller can find wrong.
@@ -69,11 +72,24 @@ pub struct Outcome {
     basis: Basis,
 }
 
+/// A spec problem only the controller can see: `Stalled=True` with its reason, no run
+/// started, until the spec changes.
+#[derive(Clone, Debug, PartialEq)]
+struct Stall {
+    reason: &'static str,
+    message: String,
+}
+
+impl Stall {
+    fn invalid(message: impl Into<String>) -> Stall {
+        Stall { reason: REASON_INVALID_SPEC, message: message.into() }
+    }
+}
+
 /// The facts besides the runs that the conditions depend on.
 #[derive(Clone, Debug, Default)]
 struct Basis {
-    /// A spec problem only the controller can see: `Stalled=True`, no run started.
-    spec_error: Option<String>,
+    spec_error: Option<Stall>,
     /// A run is wanted but every slot is taken.
     waiting_for_slot: bool,
     verdict: Option<Verdict>,
@@ -100,22 +116,25 @@ fn key<K: Resource<DynamicType = ()>>(name: &str) -> (String, String) {
 /// removed by their own `ttlSecondsAfterFinished`), a run's headless Service as long as
 /// its Job is there (the pods it names may still be read), and the dataset checks still
 /// running. A Job whose run fell out of the bounded history, the Service of a run whose
-/// Job is gone, and a check whose reading was taken are deleted.
+/// Job is gone, and a check whose reading was taken are deleted. `jobs_present` maps each
+/// present Job to the Service its pods resolve through (their `subdomain`): the one it was
+/// started with, whatever the name of a new run's Service is now.
 pub fn keep_set(
     status: &TrainingJobStatus,
-    jobs_present: &BTreeSet<String>,
+    jobs_present: &BTreeMap<String, Option<String>>,
     running_checks: &[String],
 ) -> BTreeSet<(String, String)> {
     let mut keep: BTreeSet<_> = status.runs.iter().map(|r| key::<Job>(&r.job_name)).collect();
     keep.extend(
-        status
-            .runs
-            .iter()
-            .filter(|r| jobs_present.contains(&r.job_name))
-            .map(|r| key::<Service>(&r.job_name)),
+        status.runs.iter().filter_map(|r| jobs_present.get(&r.job_name)?.as_deref()).map(key::<Service>),
     );
     keep.extend(running_checks.iter().map(|n| key::<Job>(n)));
     keep
+}
+
+/// The Service a Job's pods resolve each other through, if any.
+fn rendezvous_service(job: &Job) -> Option<String> {
+    job.spec.as_ref()?.template.spec.as_ref()?.subdomain.clone()
 }
 
 /// Computes the pass.
@@ -124,11 +143,13 @@ pub fn plan(tj: &TrainingJob, inputs: &Inputs, now: Timestamp) -> Outcome {
     let generation = tj.metadata.generation.unwrap_or(0);
     let mut status = tj.status.clone().unwrap_or_default();
     let mut plan = Outcome::default();
-    let mut spec_error: Option<String> = None;
+    let mut spec_error: Option<Stall> = None;
+    // Pods the namespace's pod policy refuses are never created: no run, no dataset check.
+    let refused = desired::pod_policy_refusal(tj, inputs.pod_security_level);
 
     // Readings of the retrain triggers: the drift the shell measured, the dataset check.
     let (_, data_due) = triggers::checks_due(tj.spec.retrain.as_ref(), status.triggers.as_ref(), now.0);
-    let check = data_check::plan(tj, inputs, data_due, now.0);
+    let check = data_check::plan(tj, inputs, data_due && refused.is_none(), now.0);
     let readings = Readings { drift: inputs.drift.clone(), dataset: check.reading.clone() };
     if let Some(job) = &check.start {
         push_child(&mut plan.children, job, &mut spec_error);
@@ -206,7 +227,10 @@ pub fn plan(tj: &TrainingJob, inputs: &Inputs, now: Timestamp) -> Outcome {
     plan.events.extend(assessment.events.iter().cloned());
     let mut trigger_state = assessment.state.clone();
     if let Some(err) = &assessment.spec_error {
-        spec_error = Some(err.clone());
+        spec_error = Some(Stall::invalid(err.clone()));
+    }
+    if let Some(message) = refused {
+        spec_error = Some(Stall { reason: policy::REASON, message });
     }
     let wants = !known_generation || retry || assessment.wanted.is_some();
     let mut waiting_for_slot = false;
@@ -245,7 +269,7 @@ pub fn plan(tj: &TrainingJob, inputs: &Inputs, now: Timestamp) -> Outcome {
             };
             let run = RunRef { name: run_name(&tj.name_any(), number), number, generation, trigger };
             match desired::desired_job(tj, &run) {
-                Err(err) => spec_error = Some(err.to_string()),
+                Err(err) => spec_error = Some(Stall::invalid(err.to_string())),
                 Ok(job) => {
                     // Built once: the Job the run starts with is the one applied.
                     if let Some(service) = desired::desired_service(tj, &run) {
@@ -308,18 +332,26 @@ pub fn plan(tj: &TrainingJob, inputs: &Inputs, now: Timestamp) -> Outcome {
     if let Some(mv) = status.runs.iter().rev().find_map(|r| r.model_version.clone()) {
         status.latest_model_version = Some(mv);
     }
-    let present: BTreeSet<String> =
-        inputs.jobs.keys().cloned().chain(plan.started.as_ref().map(|r| r.name.clone())).collect();
+    let started = plan.started.as_ref().map(|run| {
+        let service = (tj.spec.workers > 1).then(|| desired::rendezvous_service_name(&run.name));
+        (run.name.clone(), service)
+    });
+    let present: BTreeMap<String, Option<String>> = inputs
+        .jobs
+        .iter()
+        .map(|(name, job)| (name.clone(), rendezvous_service(job)))
+        .chain(started)
+        .collect();
     plan.keep = keep_set(&status, &present, &check.running);
 
     // 4. Conditions, and an Event on the way into a spec stall (or to another spec
     //    error), not each reconcile.
     if let Some(err) = &spec_error {
         let stalled_already = cond::find(&status.conditions, cond::STALLED).is_some_and(|c| {
-            c.status == cond::STATUS_TRUE && c.reason == REASON_INVALID_SPEC && c.message == *err
+            c.status == cond::STATUS_TRUE && c.reason == err.reason && c.message == err.message
         });
         if !stalled_already {
-            plan.events.push(EventNote { warning: true, reason: REASON_INVALID_SPEC, note: err.clone() });
+            plan.events.push(EventNote { warning: true, reason: err.reason, note: err.message.clone() });
         }
     }
     plan.basis = Basis { spec_error, waiting_for_slot, verdict: inputs.latest_version.clone() };
@@ -352,14 +384,9 @@ fn set_conditions(status: &mut TrainingJobStatus, tj: &TrainingJob, basis: &Basi
         .collect::<Vec<_>>()
         .join(", ");
     if let Some(err) = &basis.spec_error {
-        set(cond::STALLED, cond::STATUS_TRUE, REASON_INVALID_SPEC, err.clone());
-        set(
-            cond::RECONCILING,
-            cond::STATUS_FALSE,
-            REASON_INVALID_SPEC,
-            "waiting for the spec to be fixed".into(),
-        );
-        set(cond::READY, cond::STATUS_FALSE, REASON_INVALID_SPEC, err.clone());
+        set(cond::STALLED, cond::STATUS_TRUE, err.reason, err.message.clone());
+        set(cond::RECONCILING, cond::STATUS_FALSE, err.reason, "waiting for the spec to be fixed".into());
+        set(cond::READY, cond::STATUS_FALSE, err.reason, err.message.clone());
     } else if !status.active_runs.is_empty() || basis.waiting_for_slot {
         let msg = if basis.waiting_for_slot && status.active_runs.is_empty() {
             "a new run is waiting".to_string()
@@ -436,7 +463,7 @@ fn follow(run: &mut RunRecord, job: &Job, inputs: &Inputs, now: &Time, plan: &mu
                 // pass made before (its status write failed); any other is not ours.
                 let mv = model_version(tj, run, job, &res, pod, now);
                 let exists = inputs.versions.get(&run.name);
-                if let Some(existing) = exists.filter(|v| !made_by(v, tj, &run.name)) {
+                if let Some(existing) = exists.filter(|v| !made_by(v, tj, &run.name, job)) {
                     let refusal = Refusal::name_taken(existing, tj, &run.name);
                     finish(run, RunOutcome::Failed, refusal.reason, refusal.message, now);
                     return;
@@ -452,17 +479,9 @@ fn follow(run: &mut RunRecord, job: &Job, inputs: &Inputs, now: &Time, plan: &mu
         }
     } else if let Some(c) = job_condition(job, "Failed") {
         let reason = c.reason.clone().unwrap_or_else(|| "JobFailed".into());
-        let mut message = c.message.clone().unwrap_or_default();
-        if let Some(p) = pod {
-            let detail = p.message.as_deref().map(str::trim).filter(|m| !m.is_empty());
-            message = match (p.exit_code, detail) {
-                (Some(code), Some(d)) => format!("trainer exited {code}: {d}"),
-                (Some(code), None) => format!("trainer exited {code} ({message})"),
-                (None, Some(d)) => d.to_string(),
-                (None, None) => message,
-            };
-            run.exit_code = p.exit_code;
-        }
+        let ns = tj.namespace().unwrap_or_default();
+        let message = failure_message(&run.job_name, &ns, c.message.as_deref().unwrap_or_default(), pod);
+        run.exit_code = pod.and_then(|p| p.exit_code);
         finish(run, RunOutcome::Failed, &reason, message, now);
     } else {
         let s = job.status.as_ref();
@@ -470,6 +489,30 @@ fn follow(run: &mut RunRecord, job: &Job, inputs: &Inputs, now: &Time, plan: &mu
         if started {
             run.outcome = RunOutcome::Running;
         }
+    }
+}
+
+/// Longest trainer message kept (the kubelet allows 4 KiB): a run's message is one line
+/// of status, not a log.
+const TRAINER_MESSAGE_LIMIT: usize = 512;
+
+/// Why a run's Job failed, from what the trainer chose to say and never from its output:
+/// its termination message after the exit code (`trainer exited 2: schema check failed`);
+/// without one, the exit code, what ended it and where its output is
+/// (`kubectl logs job/<run> -n <ns>`), which only those allowed to read pods can follow.
+/// Pods gone (a deadline): the Job's own words.
+fn failure_message(job: &str, ns: &str, job_message: &str, pod: Option<&PodOutcome>) -> String {
+    let Some(exit) = pod.and_then(PodOutcome::exit) else { return job_message.to_string() };
+    match pod.and_then(|p| p.message.as_deref()).map(str::trim).filter(|m| !m.is_empty()) {
+        Some(said) => {
+            format!(
+                "trainer {exit}: {}",
+                crate::controllers::truncate(said.to_string(), TRAINER_MESSAGE_LIMIT)
+            )
+        }
+        None => format!(
+            "trainer {exit} without a termination message; its output: kubectl logs job/{job} -n {ns}"
+        ),
     }
 }
 
@@ -507,14 +550,18 @@ fn finished_event(run: &RunRecord) -> EventNote {
 
 /// A child for the applier; serializing a typed object does not fail in practice, and if
 /// it did the pass would stall with the reason rather than skip the child silently.
-fn push_child<K>(children: &mut Vec<Child>, obj: &K, spec_error: &mut Option<String>)
+fn push_child<K>(children: &mut Vec<Child>, obj: &K, spec_error: &mut Option<Stall>)
 where
     K: Resource<DynamicType = ()> + serde::Serialize,
 {
     match Child::of(obj) {
         Ok(child) => children.push(child),
         Err(e) => {
-            *spec_error = Some(format!("{} {}: {e}", K::kind(&()), obj.meta().name.as_deref().unwrap_or("")))
+            *spec_error = Some(Stall::invalid(format!(
+                "{} {}: {e}",
+                K::kind(&()),
+                obj.meta().name.as_deref().unwrap_or("")
+            )))
         }
     }
 }

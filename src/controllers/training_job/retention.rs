@@ -2,13 +2,14 @@
 //! frequent schedule cannot grow the registry without bound.
 //!
 //! A version in use is never a candidate: serving, a rollback target, or named in a
-//! rollout's history as failed (its story stays readable), nor the job's latest version,
-//! nor one already being deleted. Of the others, the newest `keepLast` stay. The
+//! rollout's history as failed (its story stays readable), nor one already being deleted.
+//! Of the others, the newest `keepLast` stay (the job's latest version always among them). The
 //! ModelVersion finalizer still guards a version that became used since its status was
 //! written: its deletion then waits until nothing uses it.
 
 use kube::ResourceExt;
 
+use super::model_version::ANNOTATION_TRAINING_JOB_UID;
 use crate::api::{self, ModelVersion, TrainingJob, training_job::DEFAULT_RETENTION_KEEP_LAST};
 
 /// Versions kept besides those in use.
@@ -17,32 +18,34 @@ pub fn keep_last(tj: &TrainingJob) -> usize {
     n.unwrap_or(DEFAULT_RETENTION_KEEP_LAST).max(1) as usize
 }
 
-/// Whether `mv` is a version `tj` produced: its labels and its lineage both say so (a
-/// version someone imported is never ours to delete).
+/// Whether `mv` is a version `tj` produced: its labels and its lineage both say so, and it
+/// carries `tj`'s UID (a version someone imported, or one an earlier TrainingJob of the
+/// same name made, is never ours to delete; nor is one made before versions carried the
+/// UID).
 pub fn produced_by(mv: &ModelVersion, tj: &TrainingJob) -> bool {
     let name = tj.name_any();
     let labels = mv.labels();
     let lineage = mv.spec.lineage.as_ref();
-    labels.get(api::LABEL_TRAINING_JOB) == Some(&name)
+    let made_by = mv.annotations().get(ANNOTATION_TRAINING_JOB_UID);
+    tj.uid().is_some_and(|uid| made_by == Some(&uid))
+        && labels.get(api::LABEL_TRAINING_JOB) == Some(&name)
         && labels.get(api::LABEL_APP_MANAGED_BY).map(String::as_str) == Some(api::MANAGED_BY)
         && lineage.and_then(|l| l.training_job.as_deref()) == Some(name.as_str())
         && lineage.and_then(|l| l.run.as_deref()) == labels.get(api::LABEL_RUN).map(String::as_str)
 }
 
-fn in_use(mv: &ModelVersion, latest: Option<&str>) -> bool {
+fn in_use(mv: &ModelVersion) -> bool {
     let status = mv.status.as_ref();
     mv.metadata.deletion_timestamp.is_some()
-        || Some(mv.name_any().as_str()) == latest
         || status.is_some_and(|s| {
             !s.serving_in.is_empty() || !s.rollback_target_of.is_empty() || !s.failed_in.is_empty()
         })
 }
 
-/// The names of the versions to delete, newest first. `latest` is the job's latest
-/// version as this pass leaves it.
-pub fn expired(tj: &TrainingJob, latest: Option<&str>, versions: &[ModelVersion]) -> Vec<String> {
+/// The names of the versions to delete, newest first.
+pub fn expired(tj: &TrainingJob, versions: &[ModelVersion]) -> Vec<String> {
     let mut candidates: Vec<&ModelVersion> =
-        versions.iter().filter(|mv| produced_by(mv, tj) && !in_use(mv, latest)).collect();
+        versions.iter().filter(|mv| produced_by(mv, tj) && !in_use(mv)).collect();
     // Newest first: creation time, then name.
     candidates.sort_by(|a, b| {
         (b.metadata.creation_timestamp.clone(), b.name_any())
@@ -60,7 +63,7 @@ mod tests {
     fn tj(keep: Option<i32>) -> TrainingJob {
         let mut tj: TrainingJob = serde_json::from_value(json!({
             "apiVersion": "mlops.dev/v1alpha1", "kind": "TrainingJob",
-            "metadata": {"name": "iris", "namespace": "ml"},
+            "metadata": {"name": "iris", "namespace": "ml", "uid": "tj-uid"},
             "spec": {"model": "iris", "dataset": {"uri": "pvc://d/iris.csv"},
                      "trainer": {"image": "t"}, "output": {"uri": "pvc://d/out"},
                      "modelVersion": {"retention": {"keepLast": keep}}}
@@ -78,6 +81,7 @@ mod tests {
             "apiVersion": "mlops.dev/v1alpha1", "kind": "ModelVersion",
             "metadata": {"name": name, "namespace": "ml",
                          "creationTimestamp": format!("2025-01-01T00:{run:02}:00Z"),
+                         "annotations": {ANNOTATION_TRAINING_JOB_UID: "tj-uid"},
                          "labels": {"mlops.dev/training-job": "iris", "mlops.dev/run": name,
                                     "app.kubernetes.io/managed-by": "mlops-operator"}},
             "spec": {"model": "iris", "artifact": {"uri": "pvc://d/out/m.json"},
@@ -93,9 +97,9 @@ mod tests {
         versions[0] = version(1, json!({"servingIn": ["iris"]}));
         versions[1] = version(2, json!({"rollbackTargetOf": ["iris"]}));
         versions[2] = version(3, json!({"failedIn": [{"inferenceService": "iris", "check": "errors"}]}));
-        // r9 is the job's latest; of r4..r8 the newest two stay.
-        assert_eq!(expired(&tj(Some(2)), Some("iris-r9"), &versions), vec!["iris-r6", "iris-r5", "iris-r4"]);
-        assert!(expired(&tj(None), Some("iris-r9"), &versions).is_empty(), "the default keeps 20");
+        // Of r4..r9 the newest two stay.
+        assert_eq!(expired(&tj(Some(2)), &versions), vec!["iris-r7", "iris-r6", "iris-r5", "iris-r4"]);
+        assert!(expired(&tj(None), &versions).is_empty(), "the default keeps 20");
     }
 
     #[test]
@@ -105,7 +109,21 @@ mod tests {
         let mut relabelled = version(2, json!({}));
         relabelled.metadata.labels.as_mut().unwrap().insert("mlops.dev/training-job".into(), "other".into());
         let versions = vec![imported, relabelled, version(3, json!({})), version(4, json!({}))];
-        assert_eq!(expired(&tj(Some(1)), None, &versions), vec!["iris-r3"]);
+        assert_eq!(expired(&tj(Some(1)), &versions), vec!["iris-r3"]);
+        // Named, labelled and with the lineage of `iris`, but made by an earlier TrainingJob
+        // of that name (another UID), or before versions carried the UID: of the four,
+        // only r7 is this job's and expired (r8, its newest, stays).
+        let mut earlier = version(5, json!({}));
+        earlier
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(ANNOTATION_TRAINING_JOB_UID.into(), "earlier".into());
+        let mut unmarked = version(6, json!({}));
+        unmarked.metadata.annotations = None;
+        let versions = [earlier, unmarked, version(7, json!({})), version(8, json!({}))];
+        assert_eq!(expired(&tj(Some(1)), &versions), vec!["iris-r7"]);
         let going = ModelVersion {
             metadata: kube::api::ObjectMeta {
                 deletion_timestamp: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
@@ -116,7 +134,7 @@ mod tests {
             ..versions[2].clone()
         };
         assert!(
-            expired(&tj(Some(1)), None, &[going, versions[3].clone()]).is_empty(),
+            expired(&tj(Some(1)), &[going, versions[3].clone()]).is_empty(),
             "one already going is not counted"
         );
     }

@@ -18,6 +18,7 @@ use crate::{
     controllers::{
         Context,
         mock_api::{self, Call, Reply},
+        test_settings,
     },
     metrics::Metrics,
 };
@@ -119,6 +120,14 @@ fn server(
             }
             ("GET", JOBS) => mock_api::list("Job", jobs.clone()),
             ("GET", SERVICES) => mock_api::list("Service", services.clone()),
+            // A read by name (the applier's claim of a name no list showed).
+            ("GET", p) if p.starts_with(JOBS) || p.starts_with(SERVICES) => {
+                let name = p.rsplit('/').next().unwrap_or_default();
+                match jobs.iter().chain(&services).find(|o| o["metadata"]["name"] == name) {
+                    Some(o) => (200, o.clone()),
+                    None => mock_api::not_found(),
+                }
+            }
             ("GET", PODS) => mock_api::list("Pod", pods.clone()),
             ("GET", p) if p.starts_with(VERSIONS) => mock_api::not_found(),
             ("PATCH", _) | ("POST", _) => mock_api::echo(call),
@@ -129,7 +138,7 @@ fn server(
 }
 
 fn context(client: kube::Client) -> Arc<Context> {
-    Context::new(client, Metrics::new(), "test".into(), Some("ns".into()), None, "runtime:dev".into(), false)
+    Context::new(client, Metrics::new(), "test".into(), test_settings())
 }
 
 fn status_written(calls: &[Call]) -> Value {
@@ -146,14 +155,18 @@ async fn first_pass_applies_the_job_and_service_then_writes_the_status() {
     let tj = training_job(2);
     let (client, log) = mock_api::client(server(tj.clone(), vec![], vec![], vec![], |_| None));
     reconcile(Arc::new(tj), context(client)).await.unwrap();
+    let service = super::desired::rendezvous_service_name("iris-r1");
     assert_eq!(
         mock_api::lines(&log),
         vec![
             format!("GET {TJ}"),
             format!("GET {JOBS}"),
-            // The applier lists the Services (the Jobs were read in full) before applying.
+            // The applier lists the Services (the Jobs were read in full) before applying,
+            // and reads the names no list showed: both free.
             format!("GET {SERVICES}"),
-            format!("PATCH {SERVICES}/iris-r1"),
+            format!("GET {SERVICES}/{service}"),
+            format!("GET {JOBS}/iris-r1"),
+            format!("PATCH {SERVICES}/{service}"),
             format!("PATCH {JOBS}/iris-r1"),
             format!("PATCH {TJ_STATUS}"),
             format!("POST {EVENTS}"),
@@ -174,7 +187,7 @@ async fn first_pass_applies_the_job_and_service_then_writes_the_status() {
 async fn steady_state_writes_nothing() {
     let tj = steady(&training_job(2));
     let jobs = vec![to_json(&run_job(&tj, false))];
-    let services = vec![labelled("Service", "iris-r1", "u1")];
+    let services = vec![labelled("Service", &super::desired::rendezvous_service_name("iris-r1"), "u1")];
     let (client, log) = mock_api::client(server(tj.clone(), jobs, services, vec![], |_| None));
     reconcile(Arc::new(tj), context(client)).await.unwrap();
     assert_eq!(
@@ -200,6 +213,7 @@ async fn a_refused_job_is_a_condition_and_a_warning_event_and_the_error_is_retur
             format!("GET {TJ}"),
             format!("GET {JOBS}"),
             format!("GET {SERVICES}"),
+            format!("GET {JOBS}/iris-r1"),
             format!("PATCH {JOBS}/iris-r1"),
             // report_failure: the status as it is, the failure's conditions, one Event.
             format!("GET {TJ}"),
@@ -241,6 +255,7 @@ async fn a_refused_model_version_fails_its_run_once_and_is_not_retried() {
         "metadata": {"name": "iris-r1-abc", "namespace": "ns",
                      "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "iris-r1",
                                           "uid": "job-uid-1", "controller": true}]},
+        "spec": {"containers": [{"name": "trainer", "image": "mlops-runtime:dev", "terminationMessagePolicy": "File"}]},
         "status": {"phase": "Succeeded", "containerStatuses": [{
             "name": "trainer", "image": "mlops-runtime:dev", "imageID": "sha256:cccc", "ready": false,
             "restartCount": 0, "state": {"terminated": {"exitCode": 0, "reason": "Completed", "message": RESULT}}}]}});
@@ -282,4 +297,29 @@ async fn a_refused_model_version_fails_its_run_once_and_is_not_retried() {
     let (client, log) = mock_api::client(server(after.clone(), jobs, vec![], vec![pod], refuse));
     reconcile(Arc::new(after), context(client)).await.unwrap();
     assert!(mock_api::writes(&log).is_empty(), "{:?}", mock_api::lines(&log));
+}
+
+#[tokio::test]
+async fn a_job_that_only_looks_like_a_run_is_neither_followed_nor_written() {
+    let tj = training_job(1);
+    // Named and labelled like run 1 of `iris`, but under another TrainingJob `iris` (an
+    // earlier one of that name): not a run to follow, and not ours to apply over.
+    let mut lookalike = labelled("Job", "iris-r1", "earlier");
+    lookalike["metadata"]["labels"]["mlops.dev/run"] = "iris-r1".into();
+    let (client, log) = mock_api::client(server(tj.clone(), vec![lookalike], vec![], vec![], |_| None));
+    let err = reconcile(Arc::new(tj), context(client)).await.unwrap_err();
+    assert!(
+        err.to_string().contains("Job/iris-r1 (controlled by another TrainingJob/iris, uid earlier)"),
+        "{err}"
+    );
+    let calls = mock_api::writes(&log);
+    let writes: Vec<String> = calls.iter().map(Call::line).collect();
+    assert_eq!(writes, [format!("PATCH {TJ_STATUS}"), format!("POST {EVENTS}")], "nothing but the report");
+    let status = status_written(&calls);
+    assert!(
+        status.get("runs").is_none_or(|r| r.as_array().is_none_or(Vec::is_empty)),
+        "not adopted: {status}"
+    );
+    let ready = condition(&status, "Ready");
+    assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("ChildConflict")));
 }

@@ -7,7 +7,10 @@ use crate::{
         common::LocalRef,
         training_job::{DataAction, DataCheck, OutlierCheck, TriggerType},
     },
-    controllers::pod_security::{self, restricted::restricted_violations},
+    controllers::pod_security::{
+        self,
+        policy::{Level, restricted_violations},
+    },
 };
 
 /// A TrainingJob as the API server returns it, with `spec` merged over a minimal one.
@@ -83,7 +86,8 @@ fn a_single_worker_run_is_a_plain_job_owned_by_its_training_job() {
     assert_eq!(pod_spec(&job).subdomain, None);
     let c = trainer(&job);
     assert_eq!(c.image.as_deref(), Some("trainer:1"));
-    assert_eq!(c.termination_message_policy.as_deref(), Some("FallbackToLogsOnError"));
+    assert_eq!(c.termination_message_policy.as_deref(), Some("File"), "never the logs");
+    assert_eq!(pod_spec(&job).automount_service_account_token, Some(false));
     assert!(desired_service(&tj, &run()).is_none());
 }
 
@@ -223,10 +227,96 @@ fn what_the_template_sets_is_kept_field_by_field() {
     assert_eq!(c.image.as_deref(), Some("t:2"), "the template's image when trainer.image is unset");
     assert_eq!(restricted_violations(pod), Vec::<String>::new());
 
-    // A template asking for more than restricted keeps it; the namespace's admission decides.
+    // A template asking for more than restricted keeps it; the pod policy decides.
     let privileged = tj_with_trainer_security(json!({"privileged": true}));
     let job = desired_job(&privileged, &run()).unwrap();
-    assert_eq!(restricted_violations(pod_spec(&job)), ["container trainer: privileged"]);
+    assert_eq!(
+        restricted_violations(pod_spec(&job)),
+        [
+            "spec.containers[0].securityContext.privileged: true",
+            "spec.containers[0].securityContext.allowPrivilegeEscalation: unset (must be false)"
+        ]
+    );
+}
+
+#[test]
+fn the_trainers_termination_message_is_never_its_logs() {
+    // A user's FallbackToLogsOnError would put its logs in status: the trainer's is File.
+    let fallback = tj(json!({"trainer": {"image": "t:1", "template": {"spec": {"containers": [
+        {"name": "trainer", "terminationMessagePolicy": "FallbackToLogsOnError"}]}}}}));
+    let job = desired_job(&fallback, &run()).unwrap();
+    assert_eq!(trainer(&job).termination_message_policy.as_deref(), Some("File"));
+}
+
+/// The template of finding 3: a privileged root sidecar with SYS_ADMIN, the host's `/`,
+/// host network and PIDs.
+fn host_takeover() -> TrainingJob {
+    tj(json!({"trainer": {"image": "t:1", "template": {"spec": {
+        "hostNetwork": true, "hostPID": true,
+        "volumes": [{"name": "host", "hostPath": {"path": "/"}}],
+        "containers": [
+            {"name": "trainer"},
+            {"name": "helper", "image": "busybox",
+             "volumeMounts": [{"name": "host", "mountPath": "/host"}],
+             "securityContext": {"privileged": true, "runAsUser": 0,
+                                 "capabilities": {"add": ["SYS_ADMIN"]}}},
+        ],
+    }}}}))
+}
+
+#[test]
+fn the_pod_policy_names_each_field_of_the_template_it_refuses() {
+    let refusal = pod_policy_refusal(&host_takeover(), Level::Restricted).unwrap();
+    let sidecar = "spec.trainer.template.spec.containers[1].securityContext";
+    for field in [
+        "spec.trainer.template.spec.hostNetwork: true".to_string(),
+        "spec.trainer.template.spec.hostPID: true".into(),
+        "spec.trainer.template.spec.volumes[0].hostPath.path: /".into(),
+        format!("{sidecar}.privileged: true"),
+        format!("{sidecar}.capabilities.add[0]: SYS_ADMIN"),
+        format!("{sidecar}.runAsUser: 0"),
+    ] {
+        assert!(refusal.contains(&field), "{field} in {refusal}");
+    }
+    assert!(refusal.ends_with("are not allowed by the restricted pod policy of namespace ml"), "{refusal}");
+    assert!(!refusal.contains("containers[0]"), "the trainer itself is fine: {refusal}");
+
+    // Baseline allows root but none of the host access.
+    let baseline = pod_policy_refusal(&host_takeover(), Level::Baseline).unwrap();
+    assert!(!baseline.contains("runAsUser") && baseline.contains("privileged: true"), "{baseline}");
+    // Privileged allows it all, and the Job is what the template says (no default the API
+    // server would refuse beside `privileged`).
+    assert_eq!(pod_policy_refusal(&host_takeover(), Level::Privileged), None);
+    let job = desired_job(&host_takeover(), &run()).unwrap();
+    let helper = &pod_spec(&job).containers[1];
+    let sc = helper.security_context.as_ref().unwrap();
+    assert_eq!((sc.privileged, sc.allow_privilege_escalation, sc.run_as_user), (Some(true), None, Some(0)));
+    assert_eq!(pod_spec(&job).host_network, Some(true));
+
+    // The operator's own pods pass every level.
+    for level in [Level::Restricted, Level::Baseline] {
+        let plain = tj(json!({"workers": 2, "dataset": {"uri": "pvc://data/iris.csv"}}));
+        assert_eq!(pod_policy_refusal(&plain, level), None, "{level}");
+    }
+}
+
+#[test]
+fn a_root_trainer_runs_as_root_where_the_level_allows_it() {
+    for security_context in [
+        json!({"runAsNonRoot": false, "runAsUser": 0}),
+        json!({"runAsNonRoot": false}),
+        json!({"runAsUser": 0}),
+    ] {
+        let root = tj(json!({"trainer": {"image": "python:3.11", "template": {"spec": {
+            "securityContext": security_context, "containers": [{"name": "trainer"}]}}}}));
+        let job = desired_job(&root, &run()).unwrap();
+        let sc = pod_spec(&job).security_context.clone().unwrap();
+        assert_ne!(sc.run_as_non_root, Some(true), "{security_context}: never contradicted");
+        assert_ne!(sc.run_as_user, Some(65532), "{security_context}: the image's user or root");
+        assert_eq!(pod_policy_refusal(&root, Level::Baseline), None, "{security_context}");
+        let refusal = pod_policy_refusal(&root, Level::Restricted).unwrap();
+        assert!(refusal.starts_with("spec.trainer.template.spec.securityContext.run"), "{refusal}");
+    }
 }
 
 fn tj_with_trainer_security(security_context: Value) -> TrainingJob {
@@ -285,11 +375,13 @@ fn several_workers_are_an_indexed_job_behind_a_headless_service() {
     let spec = job.spec.as_ref().unwrap();
     assert_eq!((spec.completions, spec.parallelism), (Some(3), Some(3)));
     assert_eq!(spec.completion_mode.as_deref(), Some("Indexed"));
-    assert_eq!(pod_spec(&job).subdomain.as_deref(), Some("iris-r3"));
+    let service = rendezvous_service_name("iris-r3");
+    assert!(service.starts_with("iris-r3-"), "{service}");
+    assert_eq!(pod_spec(&job).subdomain.as_deref(), Some(service.as_str()));
     let c = trainer(&job);
     assert_eq!(value(c, "MLOPS_WORKERS"), Some("3"));
     assert_eq!(value(c, "WORLD_SIZE"), Some("3"));
-    assert_eq!(value(c, "MASTER_ADDR"), Some("iris-r3-0.iris-r3"));
+    assert_eq!(value(c, "MASTER_ADDR"), Some(format!("iris-r3-0.{service}").as_str()));
     assert_eq!(value(c, "MASTER_PORT"), Some("29500"));
     for rank in ["RANK", "MLOPS_RANK"] {
         let field = env(c, rank).and_then(|e| e.value_from.as_ref()?.field_ref.as_ref()).unwrap();
@@ -297,7 +389,7 @@ fn several_workers_are_an_indexed_job_behind_a_headless_service() {
     }
 
     let svc = desired_service(&tj, &run()).unwrap();
-    assert_eq!(svc.metadata.name.as_deref(), Some("iris-r3"));
+    assert_eq!(svc.metadata.name.as_deref(), Some(service.as_str()));
     assert_eq!(svc.metadata.owner_references.as_ref().unwrap()[0].uid, "u1");
     let s = svc.spec.unwrap();
     assert_eq!(s.cluster_ip.as_deref(), Some("None"));

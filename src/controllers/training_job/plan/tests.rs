@@ -6,6 +6,7 @@ use k8s_openapi::{
 };
 
 use super::*;
+use crate::controllers::pod_security::policy::Level;
 use crate::{
     api::{
         ModelVersionSpec,
@@ -16,7 +17,7 @@ use crate::{
     controllers::training_job::{
         desired,
         inputs::PodOutcome,
-        model_version::{REASON_VERSION_NAME_TAKEN, REASON_VERSION_REJECTED},
+        model_version::{ANNOTATION_TRAINING_JOB_UID, REASON_VERSION_NAME_TAKEN, REASON_VERSION_REJECTED},
         triggers::Reading,
     },
 };
@@ -282,6 +283,7 @@ fn condition<'a>(p: &'a Outcome, type_: &str) -> &'a api::conditions::Condition 
 /// A finished Job of `run`: `Complete`, or `Failed` with the Job controller's reason.
 fn finished(tj: &TrainingJob, run: &RunRef, failed: Option<(&str, &str)>) -> Job {
     let mut j = job(tj, run, None);
+    j.metadata.creation_timestamp = Some(at(0));
     j.status = Some(JobStatus {
         active: Some(0),
         start_time: Some(at(1)),
@@ -330,7 +332,7 @@ fn a_failed_run_records_the_exit_code_and_the_trainers_message() {
         message: Some("bad data: column x is not numeric\n".into()),
         exit_code: Some(2),
         reason: Some("Error".into()),
-        image_id: None,
+        ..PodOutcome::default()
     };
     let p = plan_at(&tj, &observed(jobs.clone(), vec![("iris-r1", pod)], at(10)));
     let r = &p.status.runs[0];
@@ -356,13 +358,23 @@ fn a_failed_run_records_the_exit_code_and_the_trainers_message() {
     }
     assert_eq!(condition(&p, cond::RECONCILING).status, "False");
 
-    // Killed without a message (OOM): the exit code and the Job's words.
+    // Killed without a message (OOM): the exit code, why, and where its output is; never
+    // the output itself.
     let pod = PodOutcome { exit_code: Some(137), reason: Some("OOMKilled".into()), ..PodOutcome::default() };
-    let p = plan_at(&tj, &observed(jobs, vec![("iris-r1", pod)], at(10)));
+    let p = plan_at(&tj, &observed(jobs.clone(), vec![("iris-r1", pod)], at(10)));
     assert_eq!(
         p.status.runs[0].message.as_deref(),
-        Some("trainer exited 137 (Job has reached the specified backoff limit)")
+        Some(
+            "trainer exited 137 (OOMKilled, signal 9, SIGKILL) without a termination message; \
+             its output: kubectl logs job/iris-r1 -n ml"
+        )
     );
+
+    // A long message is one line of status, not a log.
+    let pod = PodOutcome { message: Some("x".repeat(4096)), exit_code: Some(1), ..PodOutcome::default() };
+    let p = plan_at(&tj, &observed(jobs, vec![("iris-r1", pod)], at(10)));
+    let message = p.status.runs[0].message.clone().unwrap();
+    assert!(message.len() < 600 && message.starts_with("trainer exited 1: xxx"), "{message}");
 }
 
 #[test]
@@ -565,8 +577,13 @@ fn the_keep_set_holds_recorded_runs_active_services_and_running_checks() {
         runs: vec![record(2, RunOutcome::Succeeded), record(3, RunOutcome::Running)],
         ..TrainingJobStatus::default()
     };
-    // iris-r2's Job is still there (its TTL has not passed), iris-r3's is running.
-    let jobs = BTreeSet::from(["iris-r2".to_string(), "iris-r3".to_string()]);
+    // iris-r2's Job is still there (its TTL has not passed), iris-r3's is running; both are
+    // distributed, iris-r2 from before rendezvous Services were named apart from runs.
+    let service = |name: &str| Some(name.to_string());
+    let jobs = BTreeMap::from([
+        ("iris-r2".to_string(), service("iris-r2")),
+        ("iris-r3".to_string(), service(&desired::rendezvous_service_name("iris-r3"))),
+    ]);
     let keep = keep_set(&status, &jobs, &["iris-dc-100".to_string()]);
     let k = |kind: &str, name: &str| (kind.to_string(), name.to_string());
     assert_eq!(
@@ -576,12 +593,12 @@ fn the_keep_set_holds_recorded_runs_active_services_and_running_checks() {
             k("Job", "iris-r2"),
             k("Service", "iris-r2"),
             k("Job", "iris-r3"),
-            k("Service", "iris-r3"),
+            k("Service", &desired::rendezvous_service_name("iris-r3")),
             k("Job", "iris-dc-100"),
         ])
     );
     // The TTL removed iris-r2's Job: its Service goes too, its record stays.
-    let jobs = BTreeSet::from(["iris-r3".to_string()]);
+    let jobs = BTreeMap::from([("iris-r3".to_string(), None)]);
     let keep = keep_set(&status, &jobs, &[]);
     assert!(keep.contains(&k("Job", "iris-r2")) && !keep.contains(&k("Service", "iris-r2")));
     // iris-r1 fell out of the history and a finished check was read: neither is kept.
@@ -607,4 +624,48 @@ fn a_pass_replaces_the_conditions_of_a_failed_pass() {
     // The check Job of a data trigger and the run's Job are both children.
     let kinds: Vec<_> = p.children.iter().map(|c| c.key()).collect();
     assert_eq!(kinds, vec![("Job".to_string(), "iris-r1".to_string())]);
+}
+
+/// Finding 3: a template the namespace's pod policy refuses gets no Job (nor a dataset
+/// check, which would run under its ServiceAccount): `Stalled=True` naming the fields, one
+/// Event, nothing more until the spec or the policy changes.
+#[test]
+fn a_template_the_pod_policy_refuses_starts_nothing_and_says_which_fields_once() {
+    let mut tj =
+        tj(Retrain { data: Some(DataTrigger { check_interval_seconds: Some(60) }), ..Retrain::default() });
+    tj.spec.dataset.uri = "s3://data/iris.csv".into();
+    tj.spec.trainer.template = Some(
+        serde_json::from_value(serde_json::json!({"spec": {"hostPID": true, "containers": [
+            {"name": "trainer"},
+            {"name": "helper", "securityContext": {"privileged": true}}]}}))
+        .unwrap(),
+    );
+    let pass = |tj: &TrainingJob, level, now| {
+        let inputs = Inputs { pod_security_level: level, ..Inputs::default() };
+        plan(tj, &inputs, now)
+    };
+    let p = pass(&tj, Level::Restricted, at(0).0);
+    assert!(p.children.is_empty() && p.started.is_none(), "{:?}", p.children);
+    let expected = "spec.trainer.template.spec.hostPID: true; \
+                    spec.trainer.template.spec.containers[1].securityContext.privileged: true; \
+                    spec.trainer.template.spec.containers[1].securityContext.allowPrivilegeEscalation: \
+                    unset (must be false) are not allowed by the restricted pod policy of namespace ml";
+    for type_ in [cond::STALLED, cond::READY] {
+        let c = condition(&p, type_);
+        assert_eq!((c.reason.as_str(), c.message.as_str()), (policy::REASON, expected), "{type_}");
+    }
+    assert_eq!(condition(&p, cond::STALLED).status, "True");
+    assert_eq!(condition(&p, cond::RECONCILING).status, "False");
+    assert_eq!(p.events, [EventNote { warning: true, reason: policy::REASON, note: expected.into() }]);
+    // Seen again (a resync, a restart): no Event, no child.
+    tj.status = Some(p.status.clone());
+    let again = pass(&tj, Level::Restricted, at(600).0);
+    assert!(again.children.is_empty() && again.events.is_empty(), "{:?}", again.events);
+
+    // A namespace the admin allows privileged: the run starts as the template says.
+    let p = pass(&tj, Level::Privileged, at(700).0);
+    assert_eq!(p.started.as_ref().map(|r| r.name.as_str()), Some("iris-r1"));
+    assert_eq!(condition(&p, cond::STALLED).status, "False");
+    let names: Vec<String> = p.children.iter().map(|c| c.object.name_any()).collect();
+    assert_eq!(names, ["iris-dc-1735690300", "iris-r1"], "the dataset check too");
 }

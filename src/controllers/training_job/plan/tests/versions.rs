@@ -34,6 +34,7 @@ fn the_model_version_records_the_whole_lineage_of_what_ran() {
         exit_code: Some(0),
         reason: Some("Completed".into()),
         image_id: Some("docker.io/library/trainer@sha256:cccc".into()),
+        ..PodOutcome::default()
     };
     let p = plan_at(&tj, &observed(jobs, vec![("iris-r1", pod)], at(60)));
     assert_eq!(p.creates.len(), 1);
@@ -42,6 +43,8 @@ fn the_model_version_records_the_whole_lineage_of_what_ran() {
         (mv.metadata.name.as_deref(), mv.metadata.namespace.as_deref()),
         (Some("iris-r1"), Some("ml"))
     );
+    let made_by = mv.metadata.annotations.as_ref().and_then(|a| a.get(ANNOTATION_TRAINING_JOB_UID));
+    assert_eq!(made_by, tj.metadata.uid.as_ref(), "which TrainingJob of that name made it");
     let labels = mv.metadata.labels.clone().unwrap();
     for (k, v) in [
         ("team", "a"),
@@ -125,9 +128,11 @@ fn a_version_name_taken_by_an_import_fails_the_run_and_names_the_clash() {
     let (run, mut jobs) = first_run(&mut tj);
     jobs.insert(run.name.clone(), finished(&tj, &run, None));
     let pods = vec![("iris-r1", PodOutcome { message: Some(RESULT.into()), ..PodOutcome::default() })];
+    let job = jobs["iris-r1"].clone();
     let mut seen = observed(jobs, pods, at(60));
-    let ours = plan_at(&tj, &seen).creates[0].clone();
-    assert!(made_by(&ours, &tj, "iris-r1"), "what this run makes is its own");
+    let mut ours = plan_at(&tj, &seen).creates[0].clone();
+    ours.metadata.creation_timestamp = Some(at(60));
+    assert!(made_by(&ours, &tj, "iris-r1", &job), "what this run makes is its own");
 
     let imported: ModelVersion = serde_json::from_value(serde_json::json!({
         "apiVersion": "mlops.dev/v1alpha1", "kind": "ModelVersion",
@@ -135,7 +140,7 @@ fn a_version_name_taken_by_an_import_fails_the_run_and_names_the_clash() {
         "spec": {"model": "iris", "artifact": {"uri": "s3://elsewhere/m"}},
     }))
     .unwrap();
-    assert!(!made_by(&imported, &tj, "iris-r1"));
+    assert!(!made_by(&imported, &tj, "iris-r1", &job));
     seen.0.versions.insert("iris-r1".into(), imported);
     let p = plan_at(&tj, &seen);
     let r = &p.status.runs[0];
@@ -154,30 +159,45 @@ fn a_version_name_taken_by_an_import_fails_the_run_and_names_the_clash() {
 }
 
 #[test]
-fn a_version_is_ours_by_its_labels_owner_or_lineage() {
-    let tj = plain();
-    let mv =
-        |labels: serde_json::Value, owners: serde_json::Value, lineage: serde_json::Value| -> ModelVersion {
-            serde_json::from_value(serde_json::json!({
-                "apiVersion": "mlops.dev/v1alpha1", "kind": "ModelVersion",
-                "metadata": {"name": "iris-r1", "labels": labels, "ownerReferences": owners},
-                "spec": {"model": "iris", "artifact": {"uri": "s3://b/k"}, "lineage": lineage},
-            }))
-            .unwrap()
-        };
+fn a_version_is_ours_by_its_labels_owner_or_lineage_and_made_since_the_runs_job() {
+    let mut tj = plain();
+    let (run, _) = first_run(&mut tj);
+    let job = finished(&tj, &run, None);
+    let mv = |labels: serde_json::Value,
+              owners: serde_json::Value,
+              lineage: serde_json::Value,
+              created: i64|
+     -> ModelVersion {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "mlops.dev/v1alpha1", "kind": "ModelVersion",
+            "metadata": {"name": "iris-r1", "labels": labels, "ownerReferences": owners,
+                         "creationTimestamp": at(created)},
+            "spec": {"model": "iris", "artifact": {"uri": "s3://b/k"}, "lineage": lineage},
+        }))
+        .unwrap()
+    };
     let none = serde_json::json!({});
     let owner = |uid: &str| serde_json::json!([{"apiVersion": "mlops.dev/v1alpha1", "kind": "TrainingJob", "name": "iris", "uid": uid}]);
     let labels = |tj: &str, run: &str| serde_json::json!({api::LABEL_TRAINING_JOB: tj, api::LABEL_RUN: run});
     let lineage = |tj: &str, run: &str| serde_json::json!({"trainingJob": tj, "run": run});
-    assert!(made_by(&mv(labels("iris", "iris-r1"), owner("other"), none.clone()), &tj, "iris-r1"));
-    assert!(made_by(&mv(none.clone(), owner("u1"), none.clone()), &tj, "iris-r1"));
-    assert!(made_by(&mv(none.clone(), serde_json::json!([]), lineage("iris", "iris-r1")), &tj, "iris-r1"));
+    assert!(made_by(&mv(labels("iris", "iris-r1"), owner("other"), none.clone(), 60), &tj, "iris-r1", &job));
+    assert!(made_by(&mv(none.clone(), owner("u1"), none.clone(), 60), &tj, "iris-r1", &job));
+    assert!(made_by(
+        &mv(none.clone(), serde_json::json!([]), lineage("iris", "iris-r1"), 60),
+        &tj,
+        "iris-r1",
+        &job
+    ));
     for (l, o, g) in [
         (labels("iris", "iris-r2"), owner("other"), lineage("iris", "iris-r2")),
         (labels("other", "iris-r1"), serde_json::json!([]), lineage("other", "iris-r1")),
         (serde_json::json!({api::LABEL_RUN: "iris-r1"}), serde_json::json!([]), none.clone()),
         (none.clone(), serde_json::json!([]), none.clone()),
     ] {
-        assert!(!made_by(&mv(l.clone(), o, g.clone()), &tj, "iris-r1"), "{l} {g}");
+        assert!(!made_by(&mv(l.clone(), o, g.clone(), 60), &tj, "iris-r1", &job), "{l} {g}");
     }
+    // Everything names the run, but the version is older than the run's Job: an earlier
+    // TrainingJob of the same name made it (or someone made it to pass for this run's).
+    let earlier = mv(labels("iris", "iris-r1"), serde_json::json!([]), lineage("iris", "iris-r1"), -3600);
+    assert!(!made_by(&earlier, &tj, "iris-r1", &job));
 }
