@@ -5,6 +5,7 @@
 //! `rbac` the permissions the operator needs (from `rbac.rs`).
 
 use mlops_operator::{
+    analysis::{prometheus, scope},
     api,
     controllers::{
         self,
@@ -22,7 +23,7 @@ use std::{
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{info, warn};
 
 #[derive(Parser)]
 #[command(
@@ -38,7 +39,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run every controller (behind leader election).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions as YAML.
     Crd,
     /// Print the RBAC rules the operator needs, as the YAML `rules` list of a Role.
@@ -118,6 +119,21 @@ struct RunArgs {
     /// Prometheus base URL for metric checks, e.g. http://prometheus.monitoring:9090.
     #[arg(long, env = "MLOPS_PROMETHEUS_URL")]
     prometheus_url: Option<String>,
+    /// The series label that holds a pod's namespace in that Prometheus. Every query of an
+    /// object is limited to series with this label equal to the object's namespace.
+    #[arg(long, env = "MLOPS_PROMETHEUS_NAMESPACE_LABEL", default_value = prometheus::DEFAULT_NAMESPACE_LABEL)]
+    prometheus_namespace_label: String,
+    /// Seconds one Prometheus query may take in all (Prometheus is asked to stop evaluating
+    /// a second earlier).
+    #[arg(long, env = "MLOPS_PROMETHEUS_TIMEOUT_SECONDS", default_value_t = prometheus::DEFAULT_TIMEOUT_SECONDS,
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    prometheus_timeout_seconds: u64,
+    /// Bytes of a Prometheus answer read at most; a larger answer is a query error.
+    #[arg(long, env = "MLOPS_PROMETHEUS_MAX_RESPONSE_BYTES", default_value_t = prometheus::DEFAULT_MAX_RESPONSE_BYTES)]
+    prometheus_max_response_bytes: usize,
+    /// Series in a Prometheus result at most; more is a query error.
+    #[arg(long, env = "MLOPS_PROMETHEUS_MAX_SERIES", default_value_t = prometheus::DEFAULT_MAX_SERIES)]
+    prometheus_max_series: usize,
     /// The reference runtime image (`mlops-runtime`); the data trigger's dataset checks of
     /// `s3://` and `pvc://` datasets run it.
     #[arg(long, env = "MLOPS_RUNTIME_IMAGE", default_value = controllers::inference_service::desired::MLOPS_RUNTIME_IMAGE)]
@@ -151,10 +167,25 @@ struct RunArgs {
     /// --lease-duration-seconds [default: two thirds of it]
     #[arg(long)]
     lease_renew_deadline_seconds: Option<u64>,
+    /// Seconds the reconciles in flight at SIGTERM may take to finish; then the operator
+    /// releases its Lease and exits without them.
+    #[arg(long, env = "MLOPS_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
+    shutdown_grace_seconds: u64,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Timeouts of the Kubernetes API client. A watch is one long request that the API server
+/// ends after the watch's `timeoutSeconds` (kube-runtime asks for 290 s, and drops a watch
+/// silent 5 s longer), so the read timeout (the longest silence on a connection) exceeds
+/// that; a plain call silent that long is abandoned too. Lease requests have their own,
+/// shorter timeouts (`leader`).
+const KUBE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const KUBE_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+const KUBE_READ_TIMEOUT: Duration = Duration::from_secs(300);
+/// After the grace period, how long releasing the Lease may take before the process exits
+/// anyway (the Lease then expires by itself).
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crd => {
             print!("{}", api::crds_yaml());
@@ -173,10 +204,10 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Run(args) => run(args).await,
-        Command::Uninstall(args) => {
+        Command::Run(args) => block_on(run(*args)),
+        Command::Uninstall(args) => block_on(async move {
             telemetry::init(telemetry::LogFormat::Text);
-            let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
+            let config = kube::Config::infer().await.context("connecting to the Kubernetes API")?;
             let uninstall = mlops_operator::uninstall::Uninstall {
                 namespace: args.namespace,
                 deployment: args.deployment,
@@ -184,9 +215,47 @@ async fn main() -> anyhow::Result<()> {
                 watch_namespace: args.watch_namespace.filter(|ns| !ns.is_empty()),
                 timeout: Duration::from_secs(args.timeout_seconds),
             };
-            uninstall.run(client).await
-        }
+            uninstall.run(kube_client(&config)?).await
+        }),
     }
+}
+
+/// Runs `work` to its end on a multi-threaded runtime. Whatever is still running then (a
+/// request stalled past the grace period, a task on a blocking thread) does not hold the
+/// exit.
+fn block_on(work: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let outcome = runtime.block_on(work);
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    outcome
+}
+
+/// A Kubernetes client whose every call has a timeout (see [`KUBE_READ_TIMEOUT`]).
+fn kube_client(config: &kube::Config) -> anyhow::Result<kube::Client> {
+    let mut config = config.clone();
+    config.connect_timeout = Some(KUBE_CONNECT_TIMEOUT);
+    config.write_timeout = Some(KUBE_WRITE_TIMEOUT);
+    config.read_timeout = Some(KUBE_READ_TIMEOUT);
+    // Counted from each request, not from when its pooled connection went idle.
+    config.reset_reader_on_write = true;
+    kube::Client::try_from(config).context("building the Kubernetes client")
+}
+
+/// The Prometheus client from the flags, if a URL is given.
+fn prometheus_client(args: &RunArgs) -> anyhow::Result<Option<prometheus::Prometheus>> {
+    let label = &args.prometheus_namespace_label;
+    if !scope::valid_label_name(label) {
+        anyhow::bail!("--prometheus-namespace-label {label:?} is not a Prometheus label name");
+    }
+    let limits = prometheus::Limits {
+        timeout: Duration::from_secs(args.prometheus_timeout_seconds),
+        max_response_bytes: args.prometheus_max_response_bytes,
+        max_series: args.prometheus_max_series,
+    };
+    Ok(args.prometheus_url.as_deref().map(|url| prometheus::Prometheus::new(url, label, limits)))
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -199,7 +268,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Duration::from_secs(args.lease_retry_seconds),
     )
     .context("invalid leader election timing (--lease-duration-seconds, --lease-renew-deadline-seconds, --lease-retry-seconds)")?;
-    let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
+    let prometheus = prometheus_client(&args)?;
+    let config = kube::Config::infer().await.context("connecting to the Kubernetes API")?;
+    let client = kube_client(&config)?;
+    let grace = Duration::from_secs(args.shutdown_grace_seconds);
     let metrics = metrics::Metrics::new();
     let ready = Arc::new(AtomicBool::new(false));
 
@@ -238,7 +310,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // term ends.
     let settings = controllers::Settings {
         watch_namespace: args.watch_namespace,
-        prometheus_url: args.prometheus_url,
+        prometheus,
         runtime_image: args.runtime_image,
         fault_injection: args.enable_fault_injection,
         pod_policy: PodPolicy {
@@ -246,13 +318,33 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             namespaces: args.pod_security_levels.into_iter().collect(),
         },
     };
+    // On SIGTERM a term finishes the reconciles in flight for the grace period at most: a
+    // stalled request must not keep the process, and its renewed Lease, alive. Then the
+    // elector releases the Lease.
     let term = || {
         let ctx =
             controllers::Context::new(client.clone(), metrics.clone(), identity.clone(), settings.clone());
-        controllers::run_all(ctx, stop_rx.clone())
+        let controllers = controllers::run_all(ctx, stop_rx.clone());
+        let grace_over = stopped(stop_rx.clone());
+        async move {
+            tokio::select! {
+                () = controllers => {}
+                () = async { grace_over.await; tokio::time::sleep(grace).await } => warn!(
+                    grace_seconds = grace.as_secs(),
+                    "reconciles still in flight after the grace period: exiting without them"
+                ),
+            }
+        }
     };
-    elector.run(stop_rx.clone(), term).await;
-    let _ = server.await;
+    let exit_by = async {
+        stopped(stop_rx.clone()).await;
+        tokio::time::sleep(grace + RELEASE_TIMEOUT).await;
+    };
+    tokio::select! {
+        () = elector.run(stop_rx.clone(), term) => {}
+        () = exit_by => warn!("the Lease was not released in time; it expires by itself"),
+    }
+    let _ = tokio::time::timeout(RELEASE_TIMEOUT, server).await;
     Ok(())
 }
 

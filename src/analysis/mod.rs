@@ -3,6 +3,7 @@
 
 pub mod health;
 pub mod prometheus;
+pub mod scope;
 
 /// Fills a metric check's placeholders.
 pub fn render_query(template: &str, namespace: &str, name: &str, version: &str, role: &str) -> String {

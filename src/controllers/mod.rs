@@ -39,8 +39,9 @@ use crate::{api::FIELD_MANAGER, metrics::Metrics};
 pub struct Settings {
     /// Only this namespace is watched when set (a namespace-scoped install, or a test).
     pub watch_namespace: Option<String>,
-    /// Prometheus base URL for metric checks; `None` makes every metric check a query error.
-    pub prometheus_url: Option<String>,
+    /// Where metric checks and drift queries are measured, each scoped to its object's
+    /// namespace and bounded; `None` makes every metric check a query error.
+    pub prometheus: Option<crate::analysis::prometheus::Prometheus>,
     /// The reference runtime image, which runs the data trigger's dataset checks.
     pub runtime_image: String,
     /// Honour the `mlops.dev/test-fault-env` annotation (tests and demos only).
@@ -80,7 +81,7 @@ impl Context {
             runtime_image: settings.runtime_image,
             fault_injection: settings.fault_injection,
             pod_policy: settings.pod_policy,
-            prometheus: settings.prometheus_url.as_deref().map(crate::analysis::prometheus::Prometheus::new),
+            prometheus: settings.prometheus,
             failures: Mutex::default(),
         })
     }

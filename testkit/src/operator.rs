@@ -50,8 +50,10 @@ impl Operator {
         let file = std::fs::File::create(&log).expect("log file");
         let mut cmd = Command::new(binary);
         cmd.args(["run", "--metrics-addr", &metrics_addr.to_string(), "--watch-namespace", namespace]);
-        // The local cluster's Prometheus (hack/prometheus.sh) measures metric checks.
-        if let Some(url) = prometheus_url() {
+        // The local cluster's Prometheus (hack/prometheus.sh) measures metric checks, unless
+        // the test names another.
+        let own_prometheus = extra.iter().any(|a| a.starts_with("--prometheus-url"));
+        if let Some(url) = prometheus_url().filter(|_| !own_prometheus) {
             cmd.args(["--prometheus-url", &url]);
         }
         let child = cmd

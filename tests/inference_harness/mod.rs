@@ -221,10 +221,15 @@ impl Drop for Release {
 }
 
 pub async fn setup(test: &str) -> Setup {
+    setup_with(test, &[]).await
+}
+
+/// [`setup`] with extra arguments for the operator.
+pub async fn setup_with(test: &str, operator_args: &[&str]) -> Setup {
     let env = TestEnv::start(test).await;
     install_crds();
     let uri = train_model(&env.namespace);
-    let op = Operator::start(OPERATOR, &env.namespace, &[]);
+    let op = Operator::start(OPERATOR, &env.namespace, operator_args);
     let release = Release(env.namespace.clone());
     Setup { env, op, uri, release }
 }

@@ -204,17 +204,19 @@ async fn read_inputs(ctx: &Context, cached: &InferenceService, now: &Time) -> Re
     if let Some(canary) = &status.canary
         && rollout::metrics_due(&isvc.spec, &status, now)
     {
-        for check in Settings::of(&isvc.spec).metrics {
+        // All checks at once: a pass waits for the slowest query, not for their sum.
+        let measured = Settings::of(&isvc.spec).metrics.iter().map(|check| async {
             let query = analysis::render_query(&check.query, &ns, &name, &canary.version, api::ROLE_CANARY);
             let sample = match &ctx.prometheus {
-                Some(p) => p.query(&query).await,
+                Some(p) => p.query(&ns, &query).await,
                 None => {
                     Sample::Error("no Prometheus configured: start the operator with --prometheus-url".into())
                 }
             };
             debug!(check = %check.name, version = %canary.version, ?sample, "measured");
-            measurements.push(Measured { check: check.name.clone(), sample });
-        }
+            Measured { check: check.name.clone(), sample }
+        });
+        measurements = futures::future::join_all(measured).await;
     }
     Ok(Some(Inputs { isvc, deployments, pods, versions, measurements, fault_injection: ctx.fault_injection }))
 }
@@ -240,7 +242,7 @@ async fn open_readiness_gates(
         let scrapes = match &ctx.prometheus {
             Some(p) if readiness_gate::needs_scrape_check(pod, stable, now) => {
                 // A failed query keeps the gate closed; the 60 s bound still opens it.
-                p.sample_times(&readiness_gate::up_query(&ns, &name)).await.unwrap_or_default()
+                p.sample_times(&ns, &readiness_gate::up_query(&ns, &name)).await.unwrap_or_default()
             }
             _ => Vec::new(),
         };

@@ -212,7 +212,7 @@ async fn measure_drift(ctx: &Context, tj: &TrainingJob, ns: &str) -> Result<Read
         }
         (None, None, _) => return Ok(Reading::Error("drift needs inferenceServiceRef or query".into())),
     };
-    Ok(match prometheus.query(&query).await {
+    Ok(match prometheus.query(ns, &query).await {
         Sample::Value(v) => Reading::Value(v),
         Sample::NoData => Reading::NoData(format!("{query} returned no series")),
         Sample::Error(e) => Reading::Error(e),
