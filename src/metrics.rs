@@ -1,7 +1,11 @@
 //! The operator's own Prometheus metrics, served at `/metrics`. Label values are short
 //! static strings (controller names, error reasons), never formatted errors.
 
-use std::time::Instant;
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
 
 use prometheus::{
     GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
@@ -18,7 +22,13 @@ pub struct Metrics {
     lead_time: HistogramVec,
     time_to_restore: HistogramVec,
     training: TrainingMetrics,
+    /// UIDs of deleted objects whose series were dropped (the newest [`FORGOTTEN_UIDS`]):
+    /// a pass that was in flight when its object went must not write them back.
+    forgotten: Arc<Mutex<VecDeque<String>>>,
 }
+
+/// Deleted objects remembered so that their series stay dropped.
+const FORGOTTEN_UIDS: usize = 4096;
 
 /// Every `trigger` label value of the training run counters.
 const TRIGGERS: [&str; 5] = ["spec", "manual", "schedule", "drift", "data"];
@@ -160,7 +170,31 @@ impl Metrics {
             lead_time,
             time_to_restore,
             training,
+            forgotten: Arc::default(),
         }
+    }
+
+    /// Runs `write` (a pass's metric writes for the object `uid`) unless the object was
+    /// deleted and its series forgotten. Under the same lock as [`Metrics::forget`], so a
+    /// write either lands before the series are dropped or not at all.
+    pub fn for_live_object(&self, uid: Option<&str>, write: impl FnOnce(&Self)) {
+        let forgotten = self.forgotten.lock().expect("forgotten lock");
+        if uid.is_some_and(|u| forgotten.iter().any(|f| f == u)) {
+            return;
+        }
+        write(self);
+    }
+
+    /// Drops a deleted object's series with `drop`, and keeps them dropped.
+    pub fn forget(&self, uid: Option<&str>, drop: impl FnOnce(&Self)) {
+        let mut forgotten = self.forgotten.lock().expect("forgotten lock");
+        if let Some(uid) = uid {
+            if forgotten.len() >= FORGOTTEN_UIDS {
+                forgotten.pop_front();
+            }
+            forgotten.push_back(uid.to_string());
+        }
+        drop(self);
     }
 
     /// A training run started; `trigger` is a short static name (`spec`, `drift`, ...).
@@ -333,5 +367,19 @@ mod tests {
             !text.contains("mlops_retrain_drift_value{")
                 && !text.contains("mlops_training_last_success_timestamp_seconds{")
         );
+    }
+
+    #[test]
+    fn a_deleted_objects_series_stay_dropped_when_a_pass_in_flight_writes_late() {
+        let m = Metrics::new();
+        let write = |m: &Metrics| m.training_last_success("ml", "iris", Some(1.0));
+        m.for_live_object(Some("uid-1"), write);
+        assert!(m.render().contains("training_job=\"iris\""));
+        m.forget(Some("uid-1"), |m| m.forget_training_job("ml", "iris"));
+        m.for_live_object(Some("uid-1"), write);
+        assert!(!m.render().contains("training_job=\"iris\""), "the late write was kept");
+        // A new object of the same name has a new UID: its series are written.
+        m.for_live_object(Some("uid-2"), write);
+        assert!(m.render().contains("training_job=\"iris\""));
     }
 }

@@ -358,10 +358,10 @@ pub async fn run_all(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>
     );
     // Ends with the controllers (at shutdown); the deletion watches never end by themselves.
     let forget = futures::future::join3(
-        forget_deleted::<crate::api::TrainingJob>(&ctx, |ns, name| ctx.metrics.forget_training_job(ns, name)),
-        forget_deleted::<crate::api::ModelVersion>(&ctx, |_, _| {}),
-        forget_deleted::<crate::api::InferenceService>(&ctx, |ns, name| {
-            ctx.metrics.forget_inference_service(ns, name)
+        forget_deleted::<crate::api::TrainingJob>(&ctx, |m, ns, name| m.forget_training_job(ns, name)),
+        forget_deleted::<crate::api::ModelVersion>(&ctx, |_, _, _| {}),
+        forget_deleted::<crate::api::InferenceService>(&ctx, |m, ns, name| {
+            m.forget_inference_service(ns, name)
         }),
     );
     tokio::select! {
@@ -374,7 +374,7 @@ pub async fn run_all(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>
 /// entry of their failures and, through `forget`, their metric series. Without this, a
 /// cluster where objects come and go grows the operator's memory and `/metrics` forever
 /// (the controllers are not called for objects that are gone).
-async fn forget_deleted<K>(ctx: &Context, forget: impl Fn(&str, &str))
+async fn forget_deleted<K>(ctx: &Context, forget: impl Fn(&Metrics, &str, &str))
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -394,7 +394,7 @@ where
         if let Ok(watcher::Event::Delete(gone)) = event {
             let (ns, name) = (gone.namespace().unwrap_or_default(), gone.name_any());
             ctx.failures.lock().expect("failures lock").remove(&format!("{}/{ns}/{name}", K::kind(&())));
-            forget(&ns, &name);
+            ctx.metrics.forget(gone.uid().as_deref(), |m| forget(m, &ns, &name));
         }
     }
 }

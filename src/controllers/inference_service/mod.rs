@@ -128,9 +128,11 @@ async fn reconcile_at(isvc: &InferenceService, ctx: &Context, now: &Time) -> Res
         let type_ = if note.warning { EventType::Warning } else { EventType::Normal };
         ctx.event(isvc, type_, note.reason, "Rollout", note.message).await;
     }
-    for d in &outcome.delivered {
-        ctx.metrics.delivered(&ns, &name, d);
-    }
+    ctx.metrics.for_live_object(isvc.uid().as_deref(), |m| {
+        for d in &outcome.delivered {
+            m.delivered(&ns, &name, d);
+        }
+    });
     // A canary held at its readiness gate is looked at again when it may open.
     let requeue = gate_recheck.map_or(outcome.requeue, |r| outcome.requeue.min(r));
     Ok(Action::requeue(requeue))

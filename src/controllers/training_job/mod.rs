@@ -135,7 +135,8 @@ async fn reconcile_pass(tj: &TrainingJob, ctx: &Context, now: Timestamp) -> Resu
     if produced {
         prune_versions(ctx, &tj, &versions).await?;
     }
-    record_metrics(ctx, &tj, &ns, &outcome);
+    // A pass in flight when the TrainingJob was deleted must not bring its series back.
+    ctx.metrics.for_live_object(tj.uid().as_deref(), |_| record_metrics(ctx, &tj, &ns, &outcome));
     Ok(Action::requeue(outcome.requeue))
 }
 
